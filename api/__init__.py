@@ -1,0 +1,1 @@
+"""HTTP surface: app factory, route handlers per capability, guards, middleware, error mapping."""

@@ -1,0 +1,72 @@
+"""The Litestar app factory: lifespan opens the stores, routes are mounted per capability."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get
+from litestar.config.cors import CORSConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from api.bench import bench_router
+from api.deps import DEPENDENCIES
+from api.health import healthz, readyz
+from api.middleware import request_id_middleware
+from api.problems import EXCEPTION_HANDLERS
+from core import logging as tongban_logging
+from core.settings import Settings, get_settings
+from core.stores import close_stores, open_stores
+
+VERSION = "0.1.0"
+
+
+@get("/schema", include_in_schema=False, sync_to_thread=False)
+def openapi_document(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The OpenAPI 3.1 document (the UI at /docs reads the same one)."""
+    return Response(msgspec.json.encode(request.app.openapi_schema.to_schema()), media_type="application/json")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    tongban_logging.configure(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.stores = await open_stores(settings)
+        try:
+            yield
+        finally:
+            await close_stores(app.state.stores)
+
+    prometheus = PrometheusConfig(app_name="tongban", group_path=True, exclude=["/metrics", "/healthz", "/readyz"])
+    route_handlers: list[Any] = [healthz, readyz, openapi_document, PrometheusController]
+    if settings.bench_routes:
+        route_handlers.append(bench_router)
+
+    return Litestar(
+        route_handlers=route_handlers,
+        lifespan=[lifespan],
+        dependencies=DEPENDENCIES,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[request_id_middleware, prometheus.middleware],
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
+        openapi_config=OpenAPIConfig(
+            title="Tongban",
+            version=VERSION,
+            description="Backend of a citizen super-app. Errors are RFC 9457 problem+json.",
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin(path="/")],
+            components=Components(
+                security_schemes={
+                    "citizen": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+                }
+            ),
+        ),
+        debug=False,
+    )

@@ -1,0 +1,16 @@
+"""Dependencies every capability's handlers may ask for by name."""
+
+from __future__ import annotations
+
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from core.stores import Stores
+
+
+def provide_stores(state: State) -> Stores:
+    stores: Stores = state.stores
+    return stores
+
+
+DEPENDENCIES = {"stores": Provide(provide_stores, sync_to_thread=False)}

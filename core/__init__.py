@@ -1,0 +1,1 @@
+"""Shared kernel: settings, stores, jobs, keys, errors, logging, time and ids."""

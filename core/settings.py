@@ -1,0 +1,101 @@
+"""Settings from TONGBAN_* environment variables, read once per process.
+
+A missing or invalid value stops start-up with one line naming the variable (SettingsError).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Literal
+
+import msgspec
+
+PREFIX = "TONGBAN_"
+
+
+class SettingsError(Exception):
+    """One-line, human-readable configuration error that names the variable."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    env: Literal["development", "production"] = "development"
+    # Unset: `tongban serve` and the tests start an embedded PostgreSQL / Valkey under data_dir.
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: str = ".tongban"
+    # 32 bytes, URL-safe base64. Unset in development: a key file under data_dir is made once.
+    master_key: str | None = None
+    master_key_file: str | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    server: Literal["granian", "uvicorn"] = "granian"
+
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    db_acquire_timeout: float = 2.0
+    db_command_timeout: float = 10.0
+    db_connect_attempts: int = 5
+    redis_timeout: float = 1.0
+    retry_after_seconds: int = 5
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = True
+    cors_origins: tuple[str, ...] = ()
+    bench_routes: bool = False
+
+    sms_gateway_url: str = "http://127.0.0.1:8101"
+    sandbox_host: str = "127.0.0.1"
+    sandbox_sms_port: int = 8101
+
+
+_FIELD_RE = re.compile(r"at `\$\.(\w+)`")
+
+
+def _from_environ(environ: dict[str, str]) -> Settings:
+    raw: dict[str, object] = {}
+    names = set(Settings.__struct_fields__)
+    for key, value in environ.items():
+        if not key.startswith(PREFIX):
+            continue
+        name = key[len(PREFIX) :].lower()
+        if name not in names:
+            continue
+        if name == "cors_origins":
+            raw[name] = [v.strip() for v in value.split(",") if v.strip()]
+        elif name in ("log_json", "bench_routes"):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise SettingsError(f"{key}: expected true or false, got {value!r}")
+            raw[name] = value.lower() in ("1", "true", "yes")
+        else:
+            raw[name] = value
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        match = _FIELD_RE.search(str(exc))
+        field = (PREFIX + match.group(1).upper()) if match else "TONGBAN_*"
+        reason = str(exc).split(" - at ")[0]
+        raise SettingsError(f"{field}: {reason}") from None
+    if settings.env == "production":
+        for name in ("database_url", "redis_url"):
+            if getattr(settings, name) is None:
+                raise SettingsError(f"{PREFIX}{name.upper()}: required when TONGBAN_ENV=production")
+        if settings.master_key is None and settings.master_key_file is None:
+            raise SettingsError("TONGBAN_MASTER_KEY: required (or TONGBAN_MASTER_KEY_FILE) in production")
+    if settings.db_pool_min > settings.db_pool_max:
+        raise SettingsError("TONGBAN_DB_POOL_MIN: must not exceed TONGBAN_DB_POOL_MAX")
+    return settings
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings; tests call get_settings.cache_clear() after changing the environment."""
+    return _from_environ(dict(os.environ))
+
+
+def load_settings(environ: dict[str, str]) -> Settings:
+    """Parse an explicit environment (used by tests and by the CLI before spawning workers)."""
+    return _from_environ(environ)

@@ -1,0 +1,1 @@
+"""Health pass: status rules, issuance, verification, trust lists, venue codes, appeals."""

@@ -1,0 +1,1 @@
+"""Mini-app registry, versions and review, catalog, the WeChat-compatible SDK, messages, ratings."""

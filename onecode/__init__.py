@@ -1,0 +1,1 @@
+"""One-code aggregator: transit, medical insurance, payment; terminals; settlement ledger."""

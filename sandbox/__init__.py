@@ -1,0 +1,1 @@
+"""Simulators of the outside world, run as small HTTP services on loopback."""

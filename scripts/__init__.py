@@ -1,0 +1,1 @@
+"""The `tongban` ops CLI."""

@@ -1,0 +1,93 @@
+"""The `tongban` ops CLI."""
+
+from __future__ import annotations
+
+import typer
+
+from core.migrate import head
+from scripts import bench_cmd, db_cmd, demo, keys_cmd, sandbox_cmd, serve, sms_cmd
+from scripts.common import console, fail, load_settings, stores_ready
+
+app = typer.Typer(help="Tongban ops: serve, worker, db, keys, demo data, sandbox providers.", no_args_is_help=True)
+app.add_typer(db_cmd.app, name="db")
+app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(demo.app, name="demo")
+app.add_typer(sandbox_cmd.app, name="sandbox")
+app.add_typer(sms_cmd.app, name="sms")
+app.add_typer(bench_cmd.app, name="bench")
+
+
+@app.command("serve")
+def serve_command(
+    host: str | None = typer.Option(None, help="bind address [TONGBAN_HOST]"),
+    port: int | None = typer.Option(None, help="port [TONGBAN_PORT]"),
+    workers: int | None = typer.Option(None, help="worker processes [TONGBAN_WORKERS]"),
+    server: str | None = typer.Option(None, help="granian or uvicorn [TONGBAN_SERVER]"),
+) -> None:
+    """Run the HTTP API (embedded PostgreSQL/Valkey when no URLs are configured)."""
+    settings, embedded = stores_ready()
+    try:
+        serve.prepare(settings)
+        serve.run_server(
+            settings,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers or settings.workers,
+            server=server or settings.server,
+        )
+    finally:
+        embedded.stop()
+
+
+@app.command("up")
+def up_command(
+    port: int | None = typer.Option(None, help="port [TONGBAN_PORT]"),
+    workers: int | None = typer.Option(None, help="worker processes [TONGBAN_WORKERS]"),
+) -> None:
+    """Everything for a try-out: stores, migrations, demo data, sandbox providers, job worker and the API."""
+    settings, embedded = stores_ready()
+    children = []
+    try:
+        serve.prepare(settings)
+        children.append(serve.spawn(["sandbox", "start"]))
+        children.append(serve.spawn(["worker"]))
+        demo.seed_now(settings)
+        serve.run_server(
+            settings, host=settings.host, port=port or settings.port, workers=workers or settings.workers,
+            server=settings.server,
+        )
+    finally:
+        serve.stop_children(children)
+        embedded.stop()
+
+
+@app.command("worker")
+def worker_command() -> None:
+    """Run the background job worker (arq) and the outbox relay."""
+    from scripts.worker import run_worker
+
+    settings, embedded = stores_ready()
+    try:
+        run_worker(settings)
+    finally:
+        embedded.stop()
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the version and the latest migration."""
+    from api.app import VERSION
+
+    load_settings()
+    console.print(f"tongban {VERSION}, schema head {head()}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""`tongban demo seed`: idempotent demo data. Each capability adds a step to DEMO_STEPS."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import typer
+from rich.progress import Progress
+
+from core import clock
+from core.settings import Settings
+from core.stores import Stores, close_stores, open_stores
+from scripts.common import console, run_async, with_stores
+
+app = typer.Typer(help="Demo data for trying Tongban out.", no_args_is_help=True)
+
+DemoStep = tuple[str, Callable[[Stores], Awaitable[None]]]
+
+
+async def _mark_seeded(stores: Stores) -> None:
+    await stores.pool.execute(
+        """INSERT INTO app_meta (key, value) VALUES ('demo_seeded_at', $1::jsonb)
+           ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()""",
+        msgspec.json.encode(clock.now().isoformat()).decode(),
+    )
+
+
+DEMO_STEPS: list[DemoStep] = [("demo marker", _mark_seeded)]
+
+
+async def seed(stores: Stores) -> None:
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task("seeding demo data", total=len(DEMO_STEPS))
+        for label, step in DEMO_STEPS:
+            progress.update(task, description=f"seeding: {label}")
+            await step(stores)
+            progress.advance(task)
+
+
+def seed_now(settings: Settings) -> None:
+    """Seed with already-prepared settings (used by `tongban up`)."""
+
+    async def go() -> None:
+        stores = await open_stores(settings)
+        try:
+            await seed(stores)
+        finally:
+            await close_stores(stores)
+
+    run_async(go())
+
+
+@app.command("seed")
+def seed_command() -> None:
+    """Load demo data (safe to run again: every step is idempotent)."""
+    with_stores(seed)
+    console.print("demo data loaded")

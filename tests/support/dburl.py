@@ -1,0 +1,28 @@
+"""Per-worker databases and Redis indexes so xdist workers never share state."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+
+def worker_name() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+
+
+def worker_number() -> int:
+    return int(worker_name().removeprefix("gw") or 0)
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def with_redis_db(url: str, index: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{index}"))
+
+
+def test_database_name(run_id: str, suffix: str = "") -> str:
+    return f"tb_{run_id}_{worker_name()}{suffix}"
