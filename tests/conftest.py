@@ -19,7 +19,7 @@ from core import migrate
 from core.embedded import EmbeddedStores, ensure_stores
 from core.settings import Settings, get_settings
 from core.stores import Stores, close_stores, open_stores
-from tests.support.dburl import test_database_name, with_database, with_redis_db, worker_number
+from tests.support.dburl import redis_index, test_database_name, with_database, with_redis_db, worker_number
 
 ROOT = Path(__file__).resolve().parents[1]
 _embedded: EmbeddedStores | None = None
@@ -82,7 +82,7 @@ def test_environment(base_database_url: str, base_redis_url: str) -> Iterator[Se
     asyncio.run(_recreate_database(base_database_url, name))
     database_url = with_database(base_database_url, name)
     migrate.upgrade(database_url)
-    redis_url = with_redis_db(base_redis_url, 1 + worker_number() % 15)
+    redis_url = with_redis_db(base_redis_url, redis_index())
     sync_redis.Redis.from_url(redis_url).flushdb()
     os.environ["TONGBAN_DATABASE_URL"] = database_url
     os.environ["TONGBAN_REDIS_URL"] = redis_url

@@ -19,6 +19,12 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+def redis_index() -> int:
+    """Redis database index for this worker; TONGBAN_TEST_REDIS_OFFSET separates concurrent runs."""
+    offset = int(os.environ.get("TONGBAN_TEST_REDIS_OFFSET", "1"))
+    return (offset + worker_number()) % 16
+
+
 def with_redis_db(url: str, index: int) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{index}"))
