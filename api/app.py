@@ -29,7 +29,9 @@ VERSION = "0.1.0"
 @get("/schema", include_in_schema=False, sync_to_thread=False)
 def openapi_document(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The OpenAPI 3.1 document (the UI at /docs reads the same one)."""
-    return Response(msgspec.json.encode(request.app.openapi_schema.to_schema()), media_type="application/json")
+    return Response(
+        msgspec.json.encode(request.app.openapi_schema.to_schema()), media_type="application/json"
+    )
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -44,7 +46,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await close_stores(app.state.stores)
 
-    prometheus = PrometheusConfig(app_name="tongban", group_path=True, exclude=["/metrics", "/healthz", "/readyz"])
+    prometheus = PrometheusConfig(
+        app_name="tongban", group_path=True, exclude=["/metrics", "/healthz", "/readyz"]
+    )
     route_handlers: list[Any] = [healthz, readyz, openapi_document, PrometheusController]
     if settings.bench_routes:
         route_handlers.append(bench_router)

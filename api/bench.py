@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from litestar import Router, get
 
+from api.deps import StoresDep
 from core import db
 from core import redis as redis_mod
-from core.stores import Stores
 
 
 @get("/hello", sync_to_thread=False)
@@ -16,16 +16,18 @@ def hello() -> dict[str, str]:
 
 
 @get("/db")
-async def one_postgres_round_trip(stores: Stores) -> dict[str, int]:
+async def one_postgres_round_trip(stores: StoresDep) -> dict[str, int]:
     value = await db.fetchval(stores.pool, stores.settings, "SELECT $1::int + 1", 41)
     return {"value": int(value)}
 
 
 @get("/redis")
-async def one_redis_round_trip(stores: Stores) -> dict[str, int]:
+async def one_redis_round_trip(stores: StoresDep) -> dict[str, int]:
     async with redis_mod.guarded(stores.settings):
         value = await stores.redis.incr(redis_mod.key("bench", "counter"))
     return {"value": int(value)}
 
 
-bench_router = Router(path="/v1/bench", route_handlers=[hello, one_postgres_round_trip, one_redis_round_trip], tags=["bench"])
+bench_router = Router(
+    path="/v1/bench", route_handlers=[hello, one_postgres_round_trip, one_redis_round_trip], tags=["bench"]
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 
 from core.stores import Stores
 
@@ -14,3 +14,6 @@ def provide_stores(state: State) -> Stores:
 
 
 DEPENDENCIES = {"stores": Provide(provide_stores, sync_to_thread=False)}
+
+# Annotate handler parameters with this so Litestar injects the app's Stores by name.
+StoresDep = NamedDependency[Stores]

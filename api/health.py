@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get
 
+from api.deps import StoresDep
 from api.problems import problem_response
 from core import migrate
-from core.stores import Stores
 
 
 class Ready(msgspec.Struct):
@@ -26,7 +26,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _check_postgres(stores: Stores) -> tuple[str, str]:
+async def _check_postgres(stores: StoresDep) -> tuple[str, str]:
     try:
         async with asyncio.timeout(stores.settings.db_acquire_timeout):
             version = await stores.pool.fetchval("SELECT version_num FROM alembic_version")
@@ -35,7 +35,7 @@ async def _check_postgres(stores: Stores) -> tuple[str, str]:
     return "ok", ("current" if version == migrate.head() else f"behind: {version} != {migrate.head()}")
 
 
-async def _check_redis(stores: Stores) -> str:
+async def _check_redis(stores: StoresDep) -> str:
     try:
         async with asyncio.timeout(stores.settings.redis_timeout):
             await stores.redis.ping()
@@ -45,7 +45,7 @@ async def _check_redis(stores: Stores) -> str:
 
 
 @get("/readyz", tags=["ops"])
-async def readyz(request: Request[Any, Any, Any], stores: Stores) -> Response[Any]:
+async def readyz(request: Request[Any, Any, Any], stores: StoresDep) -> Response[Any]:
     """Readiness: PostgreSQL and Redis reachable and the schema at the latest migration."""
     (pg, migrations), redis_state = await asyncio.gather(_check_postgres(stores), _check_redis(stores))
     if pg == "ok" and redis_state == "ok" and migrations == "current":

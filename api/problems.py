@@ -12,14 +12,16 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 
 from core import db
 from core import redis as redis_mod
-from core.ids import new_request_id
 from core.errors import RateLimited, StoreUnavailable, TongbanError
+from core.ids import new_request_id
 from core.logging import scrub_text
 from core.settings import get_settings
 
 log = structlog.get_logger(__name__)
 PROBLEM_JSON = "application/problem+json"
-_FIELD_RE = re.compile(r"at `\$\.([^`]+)`")
+_PATH_RE = re.compile(r"at `\$\.([^`]+)`")
+_MISSING_RE = re.compile(r"missing required field `([^`]+)`")
+_MISSING_PARAM_RE = re.compile(r"Missing required [a-z ]*parameter '([^']+)'")
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
@@ -62,24 +64,32 @@ def problem_response(
     return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def _validation_field(exc: ValidationException) -> tuple[str | None, str]:
-    """Litestar wraps msgspec decode errors; pull out the JSON path of the offending field."""
-    messages: list[str] = []
+def _validation_field(exc: ValidationException) -> tuple[str, str]:
+    """Litestar wraps msgspec decode errors; name the offending field as a dotted path ("body" for the whole)."""
     extra = exc.extra if isinstance(exc.extra, list) else ([exc.extra] if exc.extra else [])
     for item in extra:
-        if isinstance(item, dict):
-            key = item.get("key")
-            message = str(item.get("message", ""))
-            if key and key != "body":
-                return str(key), message or exc.detail
-            messages.append(message)
-    for text in [*messages, exc.detail]:
-        match = _FIELD_RE.search(text)
-        if match:
-            return match.group(1), text.split(" - at ")[0]
-    if any("malformed" in m.lower() or "invalid json" in m.lower() for m in [*messages, exc.detail]):
-        return "body", "the request body is not valid JSON"
-    return "body", messages[0] if messages and messages[0] else exc.detail
+        if not isinstance(item, dict):
+            continue
+        key = str(item.get("key") or "data")
+        message = str(item.get("message") or exc.detail)
+        path_match = _PATH_RE.search(message)
+        path = path_match.group(1) if path_match else ("" if key in ("data", "body") else key)
+        reason = message.split(" - at ")[0]
+        missing = _MISSING_RE.search(reason)
+        if missing:
+            return ".".join(p for p in (path, missing.group(1)) if p), reason
+        if path:
+            return path, reason
+        missing_param = _MISSING_PARAM_RE.search(reason)
+        if missing_param:
+            return missing_param.group(1), reason.split(" for path ")[0]
+        if message in ("'data'", "data"):
+            return "body", "a JSON request body is required"
+        return "body", reason
+    missing_param = _MISSING_PARAM_RE.search(exc.detail)
+    if missing_param:
+        return missing_param.group(1), exc.detail.split(" for path ")[0]
+    return "body", exc.detail
 
 
 def handle_tongban_error(request: Request[Any, Any, Any], exc: TongbanError) -> Response[bytes]:
@@ -89,13 +99,19 @@ def handle_tongban_error(request: Request[Any, Any, Any], exc: TongbanError) -> 
     if isinstance(exc, StoreUnavailable):
         log.warning("store.unavailable", store=exc.store, path=request.url.path)
     return problem_response(
-        request, status=exc.status, code=exc.code, title=exc.title, detail=exc.detail, field=exc.field, headers=headers
+        request,
+        status=exc.status,
+        code=exc.code,
+        title=exc.title,
+        detail=exc.detail,
+        field=exc.field,
+        headers=headers,
     )
 
 
 def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
     field, message = _validation_field(exc)
-    detail = f"{field}: {message}" if field else message
+    detail = f"{field}: {message}"
     return problem_response(
         request, status=400, code="malformed_request", title="Malformed request", detail=detail, field=field
     )
@@ -103,8 +119,19 @@ def handle_validation(request: Request[Any, Any, Any], exc: ValidationException)
 
 def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     if isinstance(exc, NotFoundException):
-        return problem_response(request, status=404, code="not_found", title="Not found", detail="no such resource")
+        return problem_response(
+            request, status=404, code="not_found", title="Not found", detail="no such resource"
+        )
     status = exc.status_code
+    if status == 400:  # the body could not be decoded at all (syntax error, truncated, wrong encoding)
+        return problem_response(
+            request,
+            status=400,
+            code="malformed_request",
+            title="Malformed request",
+            detail=f"body: not valid JSON ({exc.detail})",
+            field="body",
+        )
     headers = dict(exc.headers or {})
     title = exc.detail if status < 500 else "Internal error"
     return problem_response(
@@ -119,7 +146,11 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
         return handle_tongban_error(request, StoreUnavailable(store, settings.retry_after_seconds))
     log.error("request.failed", path=request.url.path, exc_type=type(exc).__name__)
     return problem_response(
-        request, status=500, code="internal_error", title="Internal error", detail="the server could not complete this request"
+        request,
+        status=500,
+        code="internal_error",
+        title="Internal error",
+        detail="the server could not complete this request",
     )
 
 

@@ -1,9 +1,8 @@
-"""What every CLI command shares: settings errors as one line, stores (embedded when unconfigured), async runs."""
+"""What CLI commands share: one-line settings errors, stores (embedded when unconfigured), async runs."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
