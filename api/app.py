@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await close_stores(app.state.stores)
 
     prometheus = PrometheusConfig(
-        app_name="tongban", group_path=True, exclude=["/metrics", "/healthz", "/readyz"]
+        app_name="tongban", prefix="tongban", group_path=True, exclude=["/metrics", "/healthz", "/readyz"]
     )
     route_handlers: list[Any] = [healthz, readyz, openapi_document, PrometheusController]
     if settings.bench_routes:
@@ -73,4 +73,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         ),
         debug=False,
+        logging_config=None,  # core.logging owns logging: JSON, request ids, redaction, no tracebacks
     )

@@ -16,8 +16,21 @@ import structlog
 
 SENSITIVE_KEYS = frozenset(
     {
-        "password", "secret", "token", "access_token", "refresh_token", "code", "otp", "id_number",
-        "authorization", "cookie", "session_key", "app_secret", "master_key", "private_key", "name",
+        "password",
+        "secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "code",
+        "otp",
+        "id_number",
+        "authorization",
+        "cookie",
+        "session_key",
+        "app_secret",
+        "master_key",
+        "private_key",
+        "name",
     }
 )
 _ID_NUMBER = re.compile(r"(?<!\d)(\d{6})\d{8}(\d{3}[\dXx])(?!\d)")
@@ -39,7 +52,10 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     if depth > 4:
         return value
     if isinstance(value, dict):
-        return {k: ("[redacted]" if str(k).lower() in SENSITIVE_KEYS else _scrub(v, depth + 1)) for k, v in value.items()}
+        return {
+            k: ("[redacted]" if str(k).lower() in SENSITIVE_KEYS else _scrub(v, depth + 1))
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [_scrub(v, depth + 1) for v in value]
     return value
@@ -54,11 +70,17 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> 
     return event_dict
 
 
-def _drop_tracebacks(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _drop_tracebacks(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Keep the exception type, never the traceback text: frames can hold personal data."""
     exc_info = event_dict.pop("exc_info", None)
     if exc_info:
-        exc = sys.exc_info()[1] if exc_info is True else (exc_info[1] if isinstance(exc_info, tuple) else exc_info)
+        exc = (
+            sys.exc_info()[1]
+            if exc_info is True
+            else (exc_info[1] if isinstance(exc_info, tuple) else exc_info)
+        )
         if isinstance(exc, BaseException):
             event_dict["exc_type"] = type(exc).__name__
     event_dict.pop("exception", None)
@@ -74,7 +96,9 @@ def configure(level: str = "info", json: bool = True) -> None:
         _drop_tracebacks,
         redact,
     ]
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

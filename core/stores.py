@@ -23,7 +23,9 @@ class Stores:
 
 async def open_stores(settings: Settings, *, connect_attempts: int | None = None) -> Stores:
     if settings.database_url is None or settings.redis_url is None:
-        raise SettingsError("TONGBAN_DATABASE_URL and TONGBAN_REDIS_URL must be set (tongban serve starts embedded ones)")
+        raise SettingsError(
+            "TONGBAN_DATABASE_URL and TONGBAN_REDIS_URL must be set (tongban serve starts embedded ones)"
+        )
     pool = await db.create_pool(settings, settings.database_url, attempts=connect_attempts)
     return Stores(settings=settings, pool=pool, redis=redis_mod.create_client(settings, settings.redis_url))
 

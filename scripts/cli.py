@@ -8,7 +8,9 @@ from core.migrate import head
 from scripts import bench_cmd, db_cmd, demo, keys_cmd, sandbox_cmd, serve, sms_cmd
 from scripts.common import console, fail, load_settings, stores_ready
 
-app = typer.Typer(help="Tongban ops: serve, worker, db, keys, demo data, sandbox providers.", no_args_is_help=True)
+app = typer.Typer(
+    help="Tongban ops: serve, worker, db, keys, demo data, sandbox providers.", no_args_is_help=True
+)
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(demo.app, name="demo")
@@ -53,7 +55,10 @@ def up_command(
         children.append(serve.spawn(["worker"]))
         demo.seed_now(settings)
         serve.run_server(
-            settings, host=settings.host, port=port or settings.port, workers=workers or settings.workers,
+            settings,
+            host=settings.host,
+            port=port or settings.port,
+            workers=workers or settings.workers,
             server=settings.server,
         )
     finally:

@@ -40,8 +40,16 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int, server
     if server == "uvicorn":
         import uvicorn
 
-        uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=workers, log_level="warning",
-                    access_log=False, lifespan="on")
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
         return
     from granian import Granian
     from granian.constants import Interfaces

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import threading
 from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 
 class OutageProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, unix_socket: str | None = None) -> None:
         self.target = (target_host, target_port)
+        self.unix_socket = unix_socket
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -34,7 +36,10 @@ class OutageProxy:
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            up_r, up_w = await asyncio.open_connection(*self.target)
+            if self.unix_socket:
+                up_r, up_w = await asyncio.open_unix_connection(self.unix_socket)
+            else:
+                up_r, up_w = await asyncio.open_connection(*self.target)
         except OSError:
             client_w.close()
             return
@@ -66,3 +71,24 @@ class OutageProxy:
         self.down()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        self._loop.close()
+
+
+def proxy_for(url: str) -> OutageProxy:
+    """A started proxy in front of the server a postgresql:// or redis:// URL points at (TCP or, for the
+    embedded PostgreSQL, its Unix socket)."""
+    parts = urlsplit(url)
+    socket_dir = parse_qs(parts.query).get("host", [None])[0]
+    if socket_dir and socket_dir.startswith("/"):
+        return OutageProxy("", 0, unix_socket=f"{socket_dir}/.s.PGSQL.{parts.port or 5432}").up()
+    default_port = 6379 if parts.scheme.startswith("redis") else 5432
+    return OutageProxy(parts.hostname or "127.0.0.1", parts.port or default_port).up()
+
+
+def through_proxy(url: str, proxy: OutageProxy) -> str:
+    """The same URL, pointed at the proxy's loopback port."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0] + "@" if len(netloc) == 2 else ""
+    query = "&".join(f"{k}={v[0]}" for k, v in parse_qs(parts.query).items() if k != "host")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}127.0.0.1:{proxy.port}", query=query))

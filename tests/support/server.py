@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -29,6 +30,7 @@ class Process:
     proc: subprocess.Popen[bytes]
     base_url: str
     log_path: Path
+    log_file: IO[bytes] | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -41,6 +43,8 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.log_file is not None:
+            self.log_file.close()
         return self.proc.returncode
 
 
@@ -60,13 +64,14 @@ def start(args: list[str], env: dict[str, str], log_path: Path, port: int) -> Pr
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.cli", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    return Process(proc, f"http://127.0.0.1:{port}", log_path)
+    return Process(proc, f"http://127.0.0.1:{port}", log_path, log)
 
 
 def wait_ready(process: Process, timeout: float = 60.0, path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.proc.poll() is not None:
+            process.stop()
             raise RuntimeError(f"server exited with {process.proc.returncode}:\n{process.log()}")
         try:
             if httpx.get(process.base_url + path, timeout=1.0).status_code == 200:
@@ -74,6 +79,7 @@ def wait_ready(process: Process, timeout: float = 60.0, path: str = "/readyz") -
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
+    process.stop()
     raise TimeoutError(f"server not ready after {timeout}s:\n{process.log()}")
 
 

@@ -10,7 +10,11 @@ def test_defaults_need_no_configuration() -> None:
 
 def test_values_are_parsed_from_the_environment() -> None:
     settings = load_settings(
-        {"TONGBAN_PORT": "9000", "TONGBAN_CORS_ORIGINS": "https://a.example, https://b.example", "TONGBAN_LOG_JSON": "no"}
+        {
+            "TONGBAN_PORT": "9000",
+            "TONGBAN_CORS_ORIGINS": "https://a.example, https://b.example",
+            "TONGBAN_LOG_JSON": "no",
+        }
     )
     assert settings.port == 9000
     assert settings.cors_origins == ("https://a.example", "https://b.example")
@@ -28,7 +32,11 @@ def test_values_are_parsed_from_the_environment() -> None:
         ({"TONGBAN_ENV": "production"}, "TONGBAN_DATABASE_URL"),
         ({"TONGBAN_ENV": "production", "TONGBAN_DATABASE_URL": "postgresql://x/y"}, "TONGBAN_REDIS_URL"),
         (
-            {"TONGBAN_ENV": "production", "TONGBAN_DATABASE_URL": "postgresql://x/y", "TONGBAN_REDIS_URL": "redis://x"},
+            {
+                "TONGBAN_ENV": "production",
+                "TONGBAN_DATABASE_URL": "postgresql://x/y",
+                "TONGBAN_REDIS_URL": "redis://x",
+            },
             "TONGBAN_MASTER_KEY",
         ),
         ({"TONGBAN_DB_POOL_MIN": "20", "TONGBAN_DB_POOL_MAX": "5"}, "TONGBAN_DB_POOL_MIN"),
