@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Arbitrary constant shared by every Tongban process: pg_advisory_xact_lock(MIGRATION_LOCK_ID).
@@ -23,6 +23,10 @@ def sqlalchemy_url(dsn: str) -> str:
 
 
 def _config(dsn: str) -> Config:
+    # Alembic and SQLAlchemy are imported on use: they cost half a second that CLI commands and
+    # server workers should not pay at start-up.
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(dsn).replace("%", "%%"))
@@ -30,15 +34,21 @@ def _config(dsn: str) -> Config:
 
 
 def upgrade(dsn: str, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(_config(dsn), revision)
 
 
 def downgrade(dsn: str, revision: str) -> None:
+    from alembic import command
+
     command.downgrade(_config(dsn), revision)
 
 
 @functools.cache
 def head() -> str:
+    from alembic.script import ScriptDirectory
+
     heads = ScriptDirectory.from_config(_config("postgresql://")).get_heads()
     assert len(heads) == 1, f"migrations have {len(heads)} heads"
     return heads[0]

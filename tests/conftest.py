@@ -19,7 +19,7 @@ from core import migrate
 from core.embedded import EmbeddedStores, ensure_stores
 from core.settings import Settings, get_settings
 from core.stores import Stores, close_stores, open_stores
-from tests.support.dburl import redis_index, test_database_name, with_database, with_redis_db, worker_number
+from tests.support.dburl import redis_index, run_database_name, with_database, with_redis_db, worker_number
 
 ROOT = Path(__file__).resolve().parents[1]
 _embedded: EmbeddedStores | None = None
@@ -78,7 +78,7 @@ def base_redis_url() -> str:
 def test_environment(base_database_url: str, base_redis_url: str) -> Iterator[Settings]:
     """This worker's database (migrated) and Redis index, exported so that get_settings() and any server
     process a test starts use them."""
-    name = test_database_name(os.environ["TONGBAN_TEST_RUN"])
+    name = run_database_name(os.environ["TONGBAN_TEST_RUN"])
     asyncio.run(_recreate_database(base_database_url, name))
     database_url = with_database(base_database_url, name)
     migrate.upgrade(database_url)

@@ -30,5 +30,5 @@ def with_redis_db(url: str, index: int) -> str:
     return urlunsplit(parts._replace(path=f"/{index}"))
 
 
-def test_database_name(run_id: str, suffix: str = "") -> str:
+def run_database_name(run_id: str, suffix: str = "") -> str:
     return f"tb_{run_id}_{worker_name()}{suffix}"
