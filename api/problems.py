@@ -52,7 +52,7 @@ def problem_response(
         request_id = state["request_id"] = new_request_id()
         headers = {**(headers or {}), "X-Request-Id": request_id}
     body = Problem(
-        type=f"/docs/problems#{code}",
+        type=f"urn:tongban:problem:{code}",
         title=title,
         status=status,
         detail=scrub_text(detail) if detail else None,
