@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import structlog
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.ids import new_request_id
@@ -16,7 +17,7 @@ HEADER = b"x-request-id"
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         request_id = None
@@ -27,7 +28,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
                     request_id = candidate
                 break
         request_id = request_id or new_request_id()
-        state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+        state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         encoded = request_id.encode()
 

@@ -46,7 +46,7 @@ def problem_response(
     headers: dict[str, str] | None = None,
 ) -> Response[bytes]:
     # Errors raised before routing (404, 405) never pass the request-id middleware: give them one here.
-    state = request.scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    state = request.scope.setdefault("state", {})
     request_id = state.get("request_id")
     if request_id is None:
         request_id = state["request_id"] = new_request_id()

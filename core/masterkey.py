@@ -92,3 +92,17 @@ def _load(master_key: str | None, master_key_file: str | None, env: str, data_di
 
 def master_keyring(settings: Settings) -> MasterKeyring:
     return _load(settings.master_key, settings.master_key_file, settings.env, settings.data_dir)
+
+
+@functools.cache
+def _derive(master: bytes, label: str, length: int) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=label.encode()).derive(master)
+
+
+def derived_key(settings: Settings, label: str, length: int = 32) -> bytes:
+    """A key for one narrow use (e.g. "otp-mac"), derived from the current master key with HKDF-SHA256.
+    Only for short-lived secrets: a master-key change changes it."""
+    return _derive(master_keyring(settings).current, label, length)

@@ -17,13 +17,14 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTim
 
 
 def create_client(settings: Settings, url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    client: aioredis.Redis = aioredis.Redis.from_url(
         url,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
         max_connections=256,
     )
+    return client
 
 
 @asynccontextmanager

@@ -51,6 +51,40 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sandbox_host: str = "127.0.0.1"
     sandbox_sms_port: int = 8101
 
+    # key store
+    # How long a process trusts its cached signing and public keys: a rotation reaches every worker within this.
+    key_cache_seconds: float = 30.0
+    # An unknown kid reloads a purpose's keys at most once per this many seconds per process.
+    key_unknown_kid_seconds: float = 1.0
+    # Retired public keys stay in the JWKS (and verify) this long after retirement.
+    key_retired_publish_days: float = 7.0
+
+    # pii vault
+    # sm4-gcm (GB/T 39786) switches new values, new data keys and their wrapping to SM4; old values keep
+    # decrypting. "auto" blind index follows the cipher (HMAC-SM3 with sm4-gcm); changing it on a populated
+    # database means recomputing every stored blind index, so pin it when switching the cipher later.
+    pii_cipher: Literal["aes-256-gcm", "sm4-gcm"] = "aes-256-gcm"
+    pii_blind_index: Literal["auto", "hmac-sha256", "hmac-sm3"] = "auto"
+    pii_key_cache_seconds: float = 300.0
+
+    # sandbox
+    # The registered signature (签名) sent with every SMS and the whole-request timeout of a gateway call.
+    sms_sign: str = "通办"
+    sms_timeout: float = 3.0
+
+    # jobs
+    # A failing job is tried this many times, waiting retry_delay, then twice that, ... up to retry_max_delay.
+    jobs_max_tries: int = 5
+    jobs_retry_delay: float = 2.0
+    jobs_retry_max_delay: float = 300.0
+    jobs_timeout: float = 300.0
+    jobs_concurrency: int = 10
+    # The relay wakes on NOTIFY; the poll is the fallback when a notification is missed.
+    jobs_relay_batch: int = 100
+    jobs_relay_poll: float = 1.0
+    # Relayed outbox rows are kept this long (a duplicate job_id within it is ignored), then deleted.
+    jobs_outbox_keep_days: float = 7.0
+
 
 _FIELD_RE = re.compile(r"at `\$\.(\w+)`")
 

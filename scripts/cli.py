@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from core.logging import configure as configure_logging
 from core.migrate import head
 from scripts import bench_cmd, db_cmd, demo, keys_cmd, sandbox_cmd, serve, sms_cmd
 from scripts.common import console, fail, load_settings, stores_ready
@@ -88,6 +89,8 @@ def version_command() -> None:
 
 
 def main() -> None:
+    # CLI output is tables for people; log lines (JSON, on stderr) only for warnings and errors.
+    configure_logging("warning", json=True)
     try:
         app()
     except KeyboardInterrupt:

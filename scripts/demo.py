@@ -29,6 +29,15 @@ async def _mark_seeded(stores: Stores) -> None:
 DEMO_STEPS: list[DemoStep] = [("demo marker", _mark_seeded)]
 
 
+async def _token_signing_keys(stores: Stores) -> None:
+    from core import keys
+
+    await keys.ensure_keys(stores, keys.TOKEN)
+
+
+DEMO_STEPS.append(("token signing keys", _token_signing_keys))
+
+
 async def seed(stores: Stores) -> None:
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task("seeding demo data", total=len(DEMO_STEPS))
