@@ -10,7 +10,9 @@ class TongbanError(Exception):
     code: str = "bad_request"
     title: str = "Bad request"
 
-    def __init__(self, detail: str | None = None, *, field: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, detail: str | None = None, *, field: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.field = field
@@ -68,4 +70,17 @@ class StoreUnavailable(TongbanError):
     def __init__(self, store: str, retry_after: int = 5) -> None:
         super().__init__(f"{store} is unavailable, retry later")
         self.store = store
+        self.retry_after = retry_after
+
+
+class ProviderUnavailable(TongbanError):
+    """An outside provider (SMS gateway, registries, ...) timed out, failed or cannot be reached; retry later."""
+
+    status = 503
+    code = "provider_unavailable"
+    title = "Service temporarily unavailable"
+
+    def __init__(self, provider: str, retry_after: int = 5) -> None:
+        super().__init__(f"{provider} is unavailable, retry later")
+        self.provider = provider
         self.retry_after = retry_after
