@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,11 +16,13 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
+from api.auth import auth_router, jwks, me_router
 from api.bench import bench_router
 from api.deps import DEPENDENCIES
 from api.health import healthz, readyz
 from api.middleware import request_id_middleware
 from api.problems import EXCEPTION_HANDLERS
+from auth.revocation import REVOKED
 from core import logging as tongban_logging
 from core.settings import Settings, get_settings
 from core.stores import close_stores, open_stores
@@ -41,15 +45,27 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.stores = await open_stores(settings)
+        revocations = asyncio.create_task(REVOKED.run(app.state.stores))
         try:
             yield
         finally:
+            revocations.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await revocations
             await close_stores(app.state.stores)
 
     prometheus = PrometheusConfig(
         app_name="tongban", prefix="tongban", group_path=True, exclude=["/metrics", "/healthz", "/readyz"]
     )
-    route_handlers: list[Any] = [healthz, readyz, openapi_document, PrometheusController]
+    route_handlers: list[Any] = [
+        healthz,
+        readyz,
+        openapi_document,
+        PrometheusController,
+        jwks,
+        auth_router,
+        me_router,
+    ]
     if settings.bench_routes:
         route_handlers.append(bench_router)
 

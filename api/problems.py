@@ -12,7 +12,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 
 from core import db
 from core import redis as redis_mod
-from core.errors import RateLimited, StoreUnavailable, TongbanError
+from core.errors import ProviderUnavailable, RateLimited, StoreUnavailable, TongbanError, Unauthorized
 from core.ids import new_request_id
 from core.logging import scrub_text
 from core.settings import get_settings
@@ -94,8 +94,12 @@ def _validation_field(exc: ValidationException) -> tuple[str, str]:
 
 def handle_tongban_error(request: Request[Any, Any, Any], exc: TongbanError) -> Response[bytes]:
     headers = None
-    if isinstance(exc, RateLimited | StoreUnavailable):
+    if isinstance(exc, RateLimited | StoreUnavailable | ProviderUnavailable):
         headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, Unauthorized):
+        headers = {
+            "WWW-Authenticate": f'Bearer error="{exc.code}"' if exc.code == "invalid_token" else "Bearer"
+        }
     if isinstance(exc, StoreUnavailable):
         log.warning("store.unavailable", store=exc.store, path=request.url.path)
     return problem_response(

@@ -16,6 +16,11 @@ PUBLIC_PATHS: frozenset[str] = frozenset(
         "/docs/{path:str}",
         "/docs/openapi.json",
         "/docs/oauth2-redirect.html",
+        # Accounts: the ways in, and the public keys to check what comes out.
+        "/v1/auth/sms-codes",
+        "/v1/auth/login",
+        "/v1/auth/refresh",
+        "/.well-known/jwks.json",
         # Bench reference routes (mounted only with TONGBAN_BENCH_ROUTES=true).
         "/v1/bench/hello",
         "/v1/bench/db",

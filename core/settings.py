@@ -85,6 +85,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Relayed outbox rows are kept this long (a duplicate job_id within it is ignored), then deleted.
     jobs_outbox_keep_days: float = 7.0
 
+    # accounts
+    # Access tokens live minutes; sessions (and their refresh tokens) at most auth_session_days.
+    auth_access_ttl: int = 600
+    auth_session_days: float = 30.0
+    auth_refresh_idle_days: float = 14.0
+    # A refresh token used again within this many seconds of its rotation is refused without revoking the
+    # session (two requests of one app racing); later reuse means theft and revokes the whole session.
+    auth_refresh_grace_seconds: float = 10.0
+    auth_otp_ttl: int = 300
+    # SMS sends per phone (1/min, 5/h, 10/day), per IP and per device.
+    auth_sms_per_phone_minute: int = 1
+    auth_sms_per_phone_hour: int = 5
+    auth_sms_per_phone_day: int = 10
+    auth_sms_per_ip_hour: int = 30
+    auth_sms_per_device_hour: int = 10
+    # Login attempts per IP per minute (code guessing across many phones).
+    auth_login_per_ip_minute: int = 30
+    # L3: minimum liveness/face-match score from the face-check provider.
+    auth_face_threshold: float = 0.8
+
 
 _FIELD_RE = re.compile(r"at `\$\.(\w+)`")
 

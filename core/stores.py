@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -13,12 +14,27 @@ from core import redis as redis_mod
 from core.errors import StoreUnavailable
 from core.settings import Settings, SettingsError
 
+if TYPE_CHECKING:
+    from core.pii.vault import Vault
+
 
 @dataclass(slots=True)
 class Stores:
     settings: Settings
     pool: asyncpg.Pool
     redis: aioredis.Redis
+    # The PII vault, opened on first use. Typed Any here because Litestar inspects this dataclass at run
+    # time, where core.pii.vault (which imports this module) cannot be named.
+    _vault: Any = None
+
+    async def vault(self) -> Vault:
+        """The process's PII vault (opened on first use: it reads and caches the wrapped keys)."""
+        if self._vault is None:
+            from core.pii.vault import open_vault
+
+            self._vault = await open_vault(self)
+        vault: Vault = self._vault
+        return vault
 
 
 async def open_stores(settings: Settings, *, connect_attempts: int | None = None) -> Stores:
@@ -31,6 +47,10 @@ async def open_stores(settings: Settings, *, connect_attempts: int | None = None
 
 
 async def close_stores(stores: Stores) -> None:
+    """Close every handle the process opened: stores, and the shared provider clients."""
+    from core.sms import close_sms_gateway
+
+    await close_sms_gateway()
     await stores.redis.aclose()
     await stores.pool.close()
 

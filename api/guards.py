@@ -1,0 +1,46 @@
+"""Who may call a route. Every route carries one of these, or is on api/public.py's list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from auth.tokens import AccessClaims, authenticate
+from core.errors import Forbidden, Unauthorized
+from core.stores import Stores
+
+CLAIMS = "claims"
+
+
+def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("a Bearer access token is required", code="invalid_token")
+    return token.strip()
+
+
+async def citizen(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+    """A citizen's valid access token; its claims are put on the connection for the handler."""
+    stores: Stores = connection.app.state.stores
+    connection.scope["state"][CLAIMS] = await authenticate(stores, _bearer(connection))
+
+
+def citizen_level(level: int) -> Any:
+    """A citizen whose real-name level (acr) is at least `level` (2: name + ID matched, 3: face)."""
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        await citizen(connection, handler)
+        claims: AccessClaims = connection.scope["state"][CLAIMS]
+        if claims.level < level:
+            raise Forbidden(f"real-name level L{level} is required", code="insufficient_level")
+
+    guard.__name__ = f"citizen_level_{level}"
+    return guard
+
+
+def claims_of(connection: ASGIConnection[Any, Any, Any, Any]) -> AccessClaims:
+    claims: AccessClaims = connection.scope["state"][CLAIMS]
+    return claims
