@@ -16,6 +16,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
+from api import enterprises, realname, rights
 from api.auth import auth_router, jwks, me_router
 from api.bench import bench_router
 from api.deps import DEPENDENCIES
@@ -65,6 +66,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         jwks,
         auth_router,
         me_router,
+        realname.router,
+        enterprises.router,
+        rights.router,
     ]
     if settings.bench_routes:
         route_handlers.append(bench_router)

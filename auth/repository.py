@@ -138,3 +138,12 @@ async def add_event(
         actor,
         msgspec.json.encode(detail or {}).decode(),
     )
+
+
+# --- real-name identity (L2 / L3) --------------------------------------------------------------------
+
+
+# --- legal persons (enterprises, members, acting identity) --------------------------------------------
+
+
+# --- PIPL rights (export, deletion) and the consent ledger --------------------------------------------
