@@ -6,7 +6,7 @@ from typing import Any
 from uuid import UUID
 
 from litestar import Request, Response, Router, delete, get, post
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from api.deps import StoresDep
@@ -60,7 +60,7 @@ async def my_sessions(request: Request[Any, Any, Any], stores: StoresDep) -> lis
     status_code=204,
     summary="Revoke one of the caller's sessions",
 )
-async def revoke_my_session(request: Request[Any, Any, Any], session_id: UUID, stores: StoresDep) -> None:
+async def revoke_my_session(request: Request[Any, Any, Any], session_id: FromPath[UUID], stores: StoresDep) -> None:
     await service.revoke_session(stores, claims_of(request), session_id, "revoked_by_user")
 
 
