@@ -12,7 +12,15 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from api.deps import StoresDep
 from api.guards import citizen, claims_of
 from auth import service
-from auth.models import LoginRequest, RefreshRequest, SessionView, SmsCodeRequest, SmsCodeSent, TokenPair
+from auth.models import (
+    LoginRequest,
+    RefreshRequest,
+    SessionView,
+    SmsCodeRequest,
+    SmsCodeSent,
+    TokenInfo,
+    TokenPair,
+)
 from core import keys
 
 
@@ -60,8 +68,25 @@ async def my_sessions(request: Request[Any, Any, Any], stores: StoresDep) -> lis
     status_code=204,
     summary="Revoke one of the caller's sessions",
 )
-async def revoke_my_session(request: Request[Any, Any, Any], session_id: FromPath[UUID], stores: StoresDep) -> None:
+async def revoke_my_session(
+    request: Request[Any, Any, Any], session_id: FromPath[UUID], stores: StoresDep
+) -> None:
     await service.revoke_session(stores, claims_of(request), session_id, "revoked_by_user")
+
+
+@get("/token", guards=[citizen], sync_to_thread=False, summary="What the caller's access token says")
+def my_token(request: Request[Any, Any, Any]) -> TokenInfo:
+    """The checked claims of the presented access token: who, which session, which level, until when.
+    Costs no I/O on the server, so the app may call it freely to learn whether it is still logged in."""
+    claims = claims_of(request)
+    return TokenInfo(
+        account_id=claims.account_id,
+        session_id=claims.session_id,
+        level=claims.level,
+        amr=claims.amr,
+        expires_at=claims.exp,
+        enterprise=claims.ent,
+    )
 
 
 @get("/.well-known/jwks.json", summary="Public keys of access tokens (RFC 7517)", tags=["auth"])
@@ -71,4 +96,4 @@ async def jwks(stores: StoresDep) -> Response[bytes]:
 
 
 auth_router = Router(path="/v1/auth", route_handlers=[send_sms_code, login, refresh, logout], tags=["auth"])
-me_router = Router(path="/v1/me", route_handlers=[my_sessions, revoke_my_session], tags=["me"])
+me_router = Router(path="/v1/me", route_handlers=[my_token, my_sessions, revoke_my_session], tags=["me"])

@@ -8,6 +8,8 @@ from uuid import UUID
 
 import msgspec
 
+from auth.tokens import Enterprise
+
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
@@ -58,6 +60,15 @@ class SessionView(msgspec.Struct):
     expires_at: datetime
     current: bool
     acting_enterprise: UUID | None = None
+
+
+class TokenInfo(msgspec.Struct, omit_defaults=True):
+    account_id: UUID
+    session_id: UUID
+    level: int
+    amr: list[str]
+    expires_at: int
+    enterprise: Enterprise | None = None
 
 
 class Me(msgspec.Struct):

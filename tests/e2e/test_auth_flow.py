@@ -86,6 +86,15 @@ def test_login_refresh_reuse_sessions(stack: Stack) -> None:
         == first["account_id"]
     )
 
+    info = httpx.get(stack.url + "/v1/me/token", headers=bearer(first["access_token"])).json()
+    assert info == {
+        "account_id": first["account_id"],
+        "session_id": first["session_id"],
+        "level": 1,
+        "amr": ["sms"],
+        "expires_at": claims["exp"],
+    }
+
     # Same phone again: same account, second session.
     second = login(stack.url, stack.sms, phone, device="phone-b")
     assert second["account_id"] == first["account_id"] and second["session_id"] != first["session_id"]
