@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
@@ -13,7 +14,8 @@ from core.errors import StoreUnavailable
 from core.settings import Settings, SettingsError, get_settings
 from core.stores import Stores, close_stores, open_stores
 
-console = Console()
+# Piped or captured output (scripts, CI, tests) gets wide tables instead of cells squeezed to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 T = TypeVar("T")
 

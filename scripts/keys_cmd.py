@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -28,11 +27,7 @@ def _run(func: Callable[[Stores], Awaitable[T]]) -> T:
 
 
 def _print_table(table: Table) -> None:
-    # Piped or logged output has no terminal width: print whole lines rather than squeezing to 80 columns.
-    if console.is_terminal:
-        console.print(table)
-    else:
-        Console(width=200).print(table)
+    console.print(table)
 
 
 def _when(moment: datetime | None) -> str:
