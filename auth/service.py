@@ -24,6 +24,8 @@ from core.stores import Stores
 
 log = structlog.get_logger(__name__)
 PHONE_INDEX = "accounts.phone"
+# Blind-index purposes: one per column, shared by every module that writes or looks up that column.
+ID_NUMBER_INDEX = "accounts.id_number"
 RESEND_AFTER = 60
 
 
@@ -64,15 +66,25 @@ async def request_sms_code(stores: Stores, request: SmsCodeRequest, client_ip: s
             Window("day", settings.auth_sms_per_phone_day, 86400),
         ),
     )
-    challenge_id, code = await otp.issue(
-        stores.redis, settings, phone_tag=tag, purpose=request.purpose, ttl_seconds=settings.auth_otp_ttl
-    )
+    challenge_id, code = await issue_login_code(stores, phone)
     vault = await stores.vault()
     async with transaction(stores.pool, settings) as conn:
         await queue_sms(
             conn, vault, phone, "login_code", {"code": code, "minutes": str(settings.auth_otp_ttl // 60)}
         )
     return SmsCodeSent(challenge_id=challenge_id, expires_in=settings.auth_otp_ttl, resend_after=RESEND_AFTER)
+
+
+async def issue_login_code(stores: Stores, phone: str) -> tuple[str, str]:
+    """(challenge_id, code) for a normalised phone, without limits or SMS: the caller delivers it."""
+    _, tag = await _phone_keys(stores, phone)
+    return await otp.issue(
+        stores.redis,
+        stores.settings,
+        phone_tag=tag,
+        purpose="login",
+        ttl_seconds=stores.settings.auth_otp_ttl,
+    )
 
 
 _OTP_FAILURES = {

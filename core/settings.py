@@ -105,6 +105,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # L3: minimum liveness/face-match score from the face-check provider.
     auth_face_threshold: float = 0.8
 
+    # real-name providers
+    # The population registry (name + ID number match) and the face-check provider (liveness + match).
+    population_registry_url: str = "http://127.0.0.1:8102"
+    sandbox_population_port: int = 8102
+    face_check_url: str = "http://127.0.0.1:8104"
+    sandbox_face_port: int = 8104
+    # Whole-request timeout of one provider call (a face image upload included).
+    realname_provider_timeout: float = 5.0
+    # Attempts per account per hour: each one may cost a paid registry or face-check query.
+    auth_realname_per_hour: int = 5
+    auth_face_per_hour: int = 5
+    # Largest face image accepted, in bytes once base64-decoded.
+    auth_face_image_max_bytes: int = 2 * 1024 * 1024
+    # PIPL rights: personal-data exports per account per hour (art. 45), and the days a deletion request
+    # (art. 47) waits, cancellable, before the account is erased.
+    auth_export_per_hour: int = 5
+    auth_deletion_grace_days: float = 15.0
+
+    # enterprise registry
+    # The registry of legal persons (the sandbox one by default) and the whole-request timeout of a lookup.
+    enterprise_registry_url: str = "http://127.0.0.1:8103"
+    sandbox_enterprise_port: int = 8103
+    enterprise_registry_timeout: float = 3.0
+
 
 _FIELD_RE = re.compile(r"at `\$\.(\w+)`")
 

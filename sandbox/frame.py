@@ -17,6 +17,7 @@ import msgspec
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import JSONBody
 from litestar.types import ControllerRouterHandler
 
 FAULTY: dict[str, Any] = {"faults": True}
@@ -81,7 +82,7 @@ def show_faults(state: State) -> Faults:
 
 
 @post("/sandbox/faults", status_code=200, sync_to_thread=False)
-def set_faults(state: State, data: FaultsIn) -> Faults:
+def set_faults(state: State, data: JSONBody[FaultsIn]) -> Faults:
     """Fields given replace the current ones; the others stay."""
     faults: Faults = state.faults
     if data.fail_next is not None:

@@ -3,7 +3,10 @@ PROVIDER, add its port and URL fields to Settings, and list it here."""
 
 from __future__ import annotations
 
-from sandbox import sms
+from sandbox import enterprise, face, population, sms
 from sandbox.frame import Provider
 
-PROVIDERS: dict[str, Provider] = {provider.name: provider for provider in (sms.PROVIDER,)}
+PROVIDERS: dict[str, Provider] = {
+    provider.name: provider
+    for provider in (sms.PROVIDER, enterprise.PROVIDER, population.PROVIDER, face.PROVIDER)
+}

@@ -6,7 +6,18 @@ import typer
 
 from core.logging import configure as configure_logging
 from core.migrate import head
-from scripts import bench_cmd, db_cmd, demo, keys_cmd, sandbox_cmd, serve, sms_cmd
+from scripts import (
+    audit_cmd,
+    bench_cmd,
+    db_cmd,
+    demo,
+    keys_cmd,
+    sandbox_cmd,
+    serve,
+    sessions_cmd,
+    sms_cmd,
+    users_cmd,
+)
 from scripts.common import console, fail, load_settings, stores_ready
 
 app = typer.Typer(
@@ -18,6 +29,9 @@ app.add_typer(demo.app, name="demo")
 app.add_typer(sandbox_cmd.app, name="sandbox")
 app.add_typer(sms_cmd.app, name="sms")
 app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(users_cmd.app, name="users")
+app.add_typer(sessions_cmd.app, name="sessions")
+app.add_typer(audit_cmd.app, name="audit")
 
 
 @app.command("serve")
@@ -54,6 +68,7 @@ def up_command(
         serve.prepare(settings)
         children.append(serve.spawn(["sandbox", "start"]))
         children.append(serve.spawn(["worker"]))
+        serve.wait_for_sandbox(settings)
         demo.seed_now(settings)
         serve.run_server(
             settings,
