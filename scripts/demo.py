@@ -38,6 +38,38 @@ async def _token_signing_keys(stores: Stores) -> None:
 DEMO_STEPS.append(("token signing keys", _token_signing_keys))
 
 
+async def _demo_citizen(stores: Stores) -> None:
+    from auth.demo import ensure_demo_citizen
+
+    await ensure_demo_citizen(stores)
+
+
+async def _sandbox_registries(stores: Stores) -> None:
+    """Teach the sandbox registries the demo identities (skipped when no sandbox is running)."""
+    import httpx
+
+    from auth.demo import DEMO_ENTERPRISE, DEMO_PEOPLE
+
+    settings = stores.settings
+    async with httpx.AsyncClient(timeout=3.0) as client:
+        try:
+            people = await client.post(
+                f"{settings.population_registry_url}/registry/import", json={"rows": DEMO_PEOPLE}
+            )
+            enterprises = await client.post(
+                f"{settings.enterprise_registry_url}/registry/enterprises", json=[DEMO_ENTERPRISE]
+            )
+        except httpx.TransportError:
+            console.print("  sandbox providers not running: registry records skipped (tongban sandbox start)")
+            return
+    people.raise_for_status()
+    enterprises.raise_for_status()
+
+
+DEMO_STEPS.append(("demo citizen 张三 (L2)", _demo_citizen))
+DEMO_STEPS.append(("sandbox registry records", _sandbox_registries))
+
+
 async def seed(stores: Stores) -> None:
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task("seeding demo data", total=len(DEMO_STEPS))

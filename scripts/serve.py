@@ -81,3 +81,23 @@ def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait(timeout=10)
         except subprocess.TimeoutExpired:
             child.kill()
+
+
+def wait_for_sandbox(settings: Settings, timeout: float = 20.0) -> None:
+    """Until every sandbox provider answers /health (so demo data can be loaded into them)."""
+    import time
+
+    import httpx
+
+    from sandbox.providers import PROVIDERS
+
+    urls = [str(getattr(settings, provider.url_setting)) for provider in PROVIDERS.values()]
+    deadline = time.monotonic() + timeout
+    while urls and time.monotonic() < deadline:
+        try:
+            if httpx.get(urls[0] + "/health", timeout=1.0).status_code == 200:
+                urls.pop(0)
+                continue
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)

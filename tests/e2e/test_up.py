@@ -50,5 +50,24 @@ def test_up_serves_demo_data_and_logs_a_citizen_in(tmp_path: Path) -> None:
         assert sms_url
         tokens = login(process.base_url, sms_url, "13700001111")
         assert tokens["level"] == 1
+        # The demo citizen is already verified, and the sandbox registries know the demo identities.
+        demo = login(process.base_url, sms_url, "13800138000")
+        assert demo["level"] == 2
+        me = httpx.get(
+            process.base_url + "/v1/me", headers={"Authorization": "Bearer " + demo["access_token"]}
+        )
+        assert me.json()["name"] == "张*" and me.json()["id_number"] == "1101**********002X"
+        verified = httpx.post(
+            process.base_url + "/v1/me/real-name",
+            json={"name": "李四", "id_number": "110105198001011238"},
+            headers={"Authorization": "Bearer " + tokens["access_token"]},
+        )
+        assert verified.status_code == 200 and verified.json()["level"] == 2
+        enterprise = httpx.post(
+            process.base_url + "/v1/me/enterprises",
+            json={"uscc": "91350100M000100Y43"},
+            headers={"Authorization": "Bearer " + verified.json()["access_token"]},
+        )
+        assert enterprise.status_code == 201, enterprise.text
     finally:
         assert process.stop() == 0, process.log()
