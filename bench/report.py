@@ -81,7 +81,9 @@ def score(routes: list[RouteResult]) -> list[RouteResult]:
     for route in routes:
         ratio = route.requests_per_sec / base if base > 0 else None
         scored.append(
-            msgspec.structs.replace(route, ratio=ratio, passed=verdict(ratio, route.target_ratio, route.errors))
+            msgspec.structs.replace(
+                route, ratio=ratio, passed=verdict(ratio, route.target_ratio, route.errors)
+            )
         )
     return scored
 
@@ -174,7 +176,9 @@ def render_chart(report: BenchReport, path: Path) -> None:
     names = list(dict.fromkeys(route.name for run in report.runs for route in run.routes))
     labels = [f"{run.server} x{run.workers}" for run in report.runs]
     width = 0.8 / max(1, len(report.runs))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7.0, 1.6 * len(names) * max(1, len(labels)) ** 0.5), 7.5))
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(max(7.0, 1.6 * len(names) * max(1, len(labels)) ** 0.5), 7.5)
+    )
     for index, (run, label) in enumerate(zip(report.runs, labels, strict=True)):
         by_name = {route.name: route for route in run.routes}
         xs = [i + (index - (len(report.runs) - 1) / 2) * width for i in range(len(names))]
@@ -184,8 +188,13 @@ def render_chart(report: BenchReport, path: Path) -> None:
             route = by_name.get(name)
             if route is not None and route.ratio is not None:
                 mark = "" if route.passed is None else (" ✓" if route.passed else " ✗")
-                top.annotate(f"{route.ratio:.2f}{mark}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                             ha="center", va="bottom", fontsize=8)
+                top.annotate(
+                    f"{route.ratio:.2f}{mark}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
         p99 = [by_name[n].p99_ms if n in by_name else 0.0 for n in names]
         p50 = [by_name[n].p50_ms if n in by_name else 0.0 for n in names]
         color = bars.patches[0].get_facecolor() if bars.patches else None

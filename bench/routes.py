@@ -7,7 +7,7 @@ to it: the ratio says what the route costs on top of the framework, whatever the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -26,6 +26,8 @@ class SetupContext:
     client: httpx.AsyncClient
     database_url: str
     redis_url: str
+    # The server's whole environment (data dir, master key, settings): for hooks that use project code.
+    server_env: Mapping[str, str] = field(default_factory=dict)
 
 
 # Prepares data or tokens for one route against the running server; the returned variables go into wrk's
@@ -60,10 +62,41 @@ class BenchRoute:
         return LUA_DIR / name if name is not None else None
 
 
+async def citizen_token(ctx: SetupContext) -> Mapping[str, str]:
+    """Log a bench citizen in through the real login endpoint and hand its access token to wrk.
+    The code is issued directly (no SMS provider runs during a bench), exactly as the SMS would carry it."""
+    from auth.service import issue_login_code
+    from core.settings import load_settings
+    from core.stores import close_stores, open_stores
+
+    stores = await open_stores(load_settings(dict(ctx.server_env)))
+    try:
+        phone = "13800000000"
+        challenge_id, code = await issue_login_code(stores, phone)
+    finally:
+        await close_stores(stores)
+    answer = await ctx.client.post(
+        "/v1/auth/login",
+        json={"phone": phone, "code": code, "challenge_id": challenge_id, "device": {"id": "bench"}},
+    )
+    answer.raise_for_status()
+    return {"BENCH_TOKEN": answer.json()["access_token"]}
+
+
 ROUTES: tuple[BenchRoute, ...] = (
     BenchRoute(HELLO, "GET", "/v1/bench/hello", what="framework ceiling: routing, middleware, JSON, no I/O"),
-    BenchRoute("db", "GET", "/v1/bench/db", target_ratio=0.20, what="one PostgreSQL round-trip from the pool"),
+    BenchRoute(
+        "db", "GET", "/v1/bench/db", target_ratio=0.20, what="one PostgreSQL round-trip from the pool"
+    ),
     BenchRoute("redis", "GET", "/v1/bench/redis", target_ratio=0.20, what="one Redis round-trip (INCR)"),
+    BenchRoute(
+        "token-check",
+        "GET",
+        "/v1/me/token",
+        target_ratio=0.60,
+        setup=citizen_token,
+        what="an authenticated route: ES256 access-token check and revocation set, no I/O",
+    ),
 )
 
 

@@ -98,13 +98,25 @@ def machine_facts(wrk_version: str) -> Machine:
         pass
     try:
         load = os.getloadavg()
-        load_average: tuple[float, float, float] | None = (round(load[0], 2), round(load[1], 2), round(load[2], 2))
+        load_average: tuple[float, float, float] | None = (
+            round(load[0], 2),
+            round(load[1], 2),
+            round(load[2], 2),
+        )
     except OSError:
         load_average = None
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.TimeoutExpired):
         commit = None
     kernel = ".".join(platform.release().split(".")[:2])  # major.minor: build tags say nothing useful
@@ -124,6 +136,7 @@ class ServerProcess:
     """`tongban serve` with the bench routes, in its own process group so that it and its workers stop together."""
 
     def __init__(self, server: str, workers: int, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = dict(env)
         self.server, self.workers = server, workers
         self.port = free_port()
         self.base_url = f"http://{HOST}:{self.port}"
@@ -131,9 +144,25 @@ class ServerProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "scripts.cli", "serve", "--host", HOST, "--port", str(self.port),
-                 "--workers", str(workers), "--server", server],
-                cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "scripts.cli",
+                    "serve",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(workers),
+                    "--server",
+                    server,
+                ],
+                cwd=ROOT,
+                env=dict(env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def log_tail(self) -> str:
@@ -156,7 +185,9 @@ class ServerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise BenchError(f"{self.server} not ready after {timeout:.0f}s ({last}); server log:\n{self.log_tail()}")
+        raise BenchError(
+            f"{self.server} not ready after {timeout:.0f}s ({last}); server log:\n{self.log_tail()}"
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -190,10 +221,14 @@ def server_env(database_url: str, redis_url: str, data_dir: str) -> dict[str, st
     return env
 
 
-async def _setup(route: BenchRoute, base_url: str, database_url: str, redis_url: str) -> dict[str, str]:
+async def _setup(
+    route: BenchRoute, base_url: str, database_url: str, redis_url: str, env: Mapping[str, str]
+) -> dict[str, str]:
     assert route.setup is not None
     async with httpx.AsyncClient(base_url=base_url, timeout=30.0) as client:
-        ctx = SetupContext(base_url=base_url, client=client, database_url=database_url, redis_url=redis_url)
+        ctx = SetupContext(
+            base_url=base_url, client=client, database_url=database_url, redis_url=redis_url, server_env=env
+        )
         return {str(k): str(v) for k, v in (await route.setup(ctx)).items()}
 
 
@@ -203,25 +238,38 @@ def check_route(base_url: str, route: BenchRoute) -> None:
         return  # wrk's error counts catch these
     response = httpx.get(base_url + route.path, timeout=10.0)
     if not response.is_success:
-        raise BenchError(f"{route.method} {route.path} answered {response.status_code}: {response.text[:200]}")
+        raise BenchError(
+            f"{route.method} {route.path} answered {response.status_code}: {response.text[:200]}"
+        )
 
 
 def measure_route(
-    route: BenchRoute, server: ServerProcess, options: BenchOptions, wrk_bin: str, stores: tuple[str, str],
+    route: BenchRoute,
+    server: ServerProcess,
+    options: BenchOptions,
+    wrk_bin: str,
+    stores: tuple[str, str],
     raw_dir: Path,
 ) -> RouteResult:
     env = {**os.environ, "BENCH_METHOD": route.method.upper()}
     if route.setup is not None:
         try:
-            env.update(asyncio.run(_setup(route, server.base_url, *stores)))
+            env.update(asyncio.run(_setup(route, server.base_url, *stores, server.env)))
         except Exception as exc:  # a hook is project code under test: report it as this route's failure
             raise BenchError(f"setup for route {route.name} failed: {type(exc).__name__}: {exc}") from exc
     check_route(server.base_url, route)
     url = server.base_url + route.path
 
     def load(duration_s: int) -> str:
-        args = wrk.command(wrk_bin, url, threads=options.threads, connections=options.connections,
-                           duration_s=duration_s, timeout_s=WRK_TIMEOUT_S, script=route.script_path())
+        args = wrk.command(
+            wrk_bin,
+            url,
+            threads=options.threads,
+            connections=options.connections,
+            duration_s=duration_s,
+            timeout_s=WRK_TIMEOUT_S,
+            script=route.script_path(),
+        )
         return wrk.run(args, duration_s=duration_s, env=env)
 
     if options.warmup_s > 0:
@@ -230,14 +278,23 @@ def measure_route(
     (raw_dir / f"{options.name}-{server.server}-w{server.workers}-{route.name}.txt").write_text(output)
     parsed = wrk.parse_output(output)
     return RouteResult(
-        name=route.name, method=route.method.upper(), path=route.path, requests=parsed.requests,
-        requests_per_sec=parsed.requests_per_sec, p50_ms=parsed.p50_ms, p75_ms=parsed.p75_ms,
-        p90_ms=parsed.p90_ms, p99_ms=parsed.p99_ms, errors=parsed.errors, target_ratio=route.target_ratio,
+        name=route.name,
+        method=route.method.upper(),
+        path=route.path,
+        requests=parsed.requests,
+        requests_per_sec=parsed.requests_per_sec,
+        p50_ms=parsed.p50_ms,
+        p75_ms=parsed.p75_ms,
+        p90_ms=parsed.p90_ms,
+        p99_ms=parsed.p99_ms,
+        errors=parsed.errors,
+        target_ratio=route.target_ratio,
     )
 
 
-def run(options: BenchOptions, *, database_url: str | None, redis_url: str | None, data_dir: str,
-        say: Say = print) -> BenchReport:
+def run(
+    options: BenchOptions, *, database_url: str | None, redis_url: str | None, data_dir: str, say: Say = print
+) -> BenchReport:
     """The whole bench: configured stores (or embedded ones under data_dir/bench), every server x workers."""
     wrk_bin = wrk.ensure(say=say)
     bench_dir = str(Path(data_dir).resolve() / "bench")
@@ -250,7 +307,9 @@ def run(options: BenchOptions, *, database_url: str | None, redis_url: str | Non
         try:
             bench_db = prepare_database(server_url, options.database_name)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise BenchError(f"PostgreSQL: cannot prepare the bench database ({type(exc).__name__}: {exc})") from exc
+            raise BenchError(
+                f"PostgreSQL: cannot prepare the bench database ({type(exc).__name__}: {exc})"
+            ) from exc
         machine = machine_facts(wrk.version(wrk_bin))
         raw_dir = options.results_dir / "raw"
         raw_dir.mkdir(parents=True, exist_ok=True)
@@ -258,22 +317,37 @@ def run(options: BenchOptions, *, database_url: str | None, redis_url: str | Non
         runs = []
         for server_name in options.servers:
             for workers in options.workers:
-                server = ServerProcess(server_name, workers, env, raw_dir / f"{options.name}-server-{server_name}-w{workers}.log")
+                server = ServerProcess(
+                    server_name, workers, env, raw_dir / f"{options.name}-server-{server_name}-w{workers}.log"
+                )
                 try:
                     server.wait_ready()
                     results = []
                     for route in options.routes:
                         result = measure_route(route, server, options, wrk_bin, (bench_db, redis), raw_dir)
-                        say(f"{server_name} x{workers} {route.name:>12}: {result.requests_per_sec:>10,.0f} req/s"
-                            f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}")
+                        say(
+                            f"{server_name} x{workers} {route.name:>12}: {result.requests_per_sec:>10,.0f} req/s"
+                            f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+                        )
                         results.append(result)
                 finally:
                     server.stop()
-                runs.append(ServerRun(server=server_name, server_version=server_version(server_name),
-                                      workers=workers, routes=score(results)))
+                runs.append(
+                    ServerRun(
+                        server=server_name,
+                        server_version=server_version(server_name),
+                        workers=workers,
+                        routes=score(results),
+                    )
+                )
     finally:
         if embedded is not None:
             embedded.stop()
-    load = LoadParams(threads=options.threads, connections=options.connections, duration_s=options.duration_s,
-                      warmup_s=options.warmup_s, timeout_s=WRK_TIMEOUT_S)
+    load = LoadParams(
+        threads=options.threads,
+        connections=options.connections,
+        duration_s=options.duration_s,
+        warmup_s=options.warmup_s,
+        timeout_s=WRK_TIMEOUT_S,
+    )
     return BenchReport(name=options.name, machine=machine, load=load, runs=runs)

@@ -23,9 +23,7 @@ _TIME_RE = re.compile(rf"^{_TIME}$")
 _PERCENTILE_RE = re.compile(rf"^\s*(\d+(?:\.\d+)?)%\s+{_TIME}\s*$")
 _RPS_RE = re.compile(r"^Requests/sec:\s+(\d+(?:\.\d+)?)\s*$", re.MULTILINE)
 _TOTAL_RE = re.compile(rf"^\s*(\d+) requests in {_TIME},", re.MULTILINE)
-_SOCKET_RE = re.compile(
-    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.MULTILINE
-)
+_SOCKET_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.MULTILINE)
 _NON_2XX_RE = re.compile(r"Non-2xx or 3xx responses: (\d+)", re.MULTILINE)
 
 
@@ -120,7 +118,14 @@ def command(
         raise WrkError("wrk needs at least one thread and at least as many connections as threads")
     if duration_s < 1:
         raise WrkError("wrk needs a duration of at least 1 second")
-    args = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", f"--timeout={timeout_s}s", "--latency"]
+    args = [
+        wrk,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        f"--timeout={timeout_s}s",
+        "--latency",
+    ]
     if script is not None:
         args += ["-s", str(script)]
     return [*args, url]
@@ -129,7 +134,9 @@ def command(
 def run(args: list[str], *, duration_s: int, env: dict[str, str] | None = None) -> str:
     """Run wrk to completion (bounded: its own duration plus a margin) and return its report."""
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=duration_s + 30, env=env, check=False)
+        done = subprocess.run(
+            args, capture_output=True, text=True, timeout=duration_s + 30, env=env, check=False
+        )
     except subprocess.TimeoutExpired:
         raise WrkError(f"wrk did not finish within {duration_s + 30}s") from None
     if done.returncode != 0:
@@ -157,7 +164,9 @@ def ensure(*, say: Callable[[str], None] = print) -> str:
     try:
         if subprocess.run(install, env=env, timeout=600, check=False, capture_output=True).returncode != 0:
             # A fresh machine may have no package lists yet.
-            subprocess.run(["apt-get", "update", "-q"], env=env, timeout=600, check=False, capture_output=True)
+            subprocess.run(
+                ["apt-get", "update", "-q"], env=env, timeout=600, check=False, capture_output=True
+            )
             subprocess.run(install, env=env, timeout=600, check=False, capture_output=True)
     except subprocess.TimeoutExpired:
         pass

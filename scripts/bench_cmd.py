@@ -39,8 +39,12 @@ def bench(
     connections: int = typer.Option(64, min=1, max=10_000, help="wrk open connections"),
     threads: int = typer.Option(1, min=1, max=64, help="wrk threads"),
     server: str | None = typer.Option(None, help="granian, uvicorn or both (default: TONGBAN_SERVER)"),
-    routes: str | None = typer.Option(None, help="comma list of route names (hello is always run); default all"),
-    name: str = typer.Option("latest", help="results name: bench/results/NAME.{md,json,png} and docs markers"),
+    routes: str | None = typer.Option(
+        None, help="comma list of route names (hello is always run); default all"
+    ),
+    name: str = typer.Option(
+        "latest", help="results name: bench/results/NAME.{md,json,png} and docs markers"
+    ),
     docs: bool = typer.Option(True, help="copy the table and chart into docs/"),
 ) -> None:
     """Start `tongban serve` with the bench routes, load each route with wrk, report req/s, p50, p99 and

@@ -13,7 +13,9 @@ import pytest
 from bench import report, runner
 from bench.routes import ROUTES, BenchRoute, SetupContext, select_routes
 
-needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (tongban bench installs it)")
+needs_wrk = pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk not installed (tongban bench installs it)"
+)
 
 
 async def _drop(server_url: str, name: str) -> None:
@@ -24,16 +26,27 @@ async def _drop(server_url: str, name: str) -> None:
         await conn.close()
 
 
-def run_bench(tmp_path: Path, base_database_url: str, routes: list[BenchRoute], docs: Path | None) -> report.BenchReport:
+def run_bench(
+    tmp_path: Path, base_database_url: str, routes: list[BenchRoute], docs: Path | None
+) -> report.BenchReport:
     name = f"tb_{os.environ['TONGBAN_TEST_RUN']}_bench"
     options = runner.BenchOptions(
-        routes=routes, duration_s=1, warmup_s=0, connections=8, name="smoke",
-        results_dir=tmp_path / "results", docs_dir=docs, database_name=name,
+        routes=routes,
+        duration_s=1,
+        warmup_s=0,
+        connections=8,
+        name="smoke",
+        results_dir=tmp_path / "results",
+        docs_dir=docs,
+        database_name=name,
     )
     try:
         return runner.run(
-            options, database_url=base_database_url, redis_url=os.environ["TONGBAN_REDIS_URL"],
-            data_dir=str(tmp_path / "data"), say=lambda _line: None,
+            options,
+            database_url=base_database_url,
+            redis_url=os.environ["TONGBAN_REDIS_URL"],
+            data_dir=str(tmp_path / "data"),
+            say=lambda _line: None,
         )
     finally:
         asyncio.run(_drop(base_database_url, name))
@@ -78,5 +91,7 @@ def test_a_failing_setup_hook_stops_the_run_naming_the_route(tmp_path: Path, bas
         raise RuntimeError("no bench citizen")
 
     routes = [*select_routes(["hello"]), BenchRoute("broken", "POST", "/v1/bench/nothing", setup=hook)]
-    with pytest.raises(runner.BenchError, match="setup for route broken failed: RuntimeError: no bench citizen"):
+    with pytest.raises(
+        runner.BenchError, match="setup for route broken failed: RuntimeError: no bench citizen"
+    ):
         run_bench(tmp_path, base_database_url, routes, None)

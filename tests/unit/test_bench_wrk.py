@@ -52,7 +52,11 @@ def wrk_format_time_us(n: float) -> str:
 def report_with(latencies: dict[int, str], rps: str = "1234.50") -> str:
     lines = ["Running 1s test @ http://127.0.0.1:1/", "  Latency Distribution"]
     lines += [f"{p:>6}%{text:>10}" for p, text in latencies.items()]
-    lines += ["  1234 requests in 1.00s, 1.00MB read", f"Requests/sec: {rps:>10}", "Transfer/sec:      1.00MB"]
+    lines += [
+        "  1234 requests in 1.00s, 1.00MB read",
+        f"Requests/sec: {rps:>10}",
+        "Transfer/sec:      1.00MB",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -75,7 +79,14 @@ def test_a_clean_report_has_no_errors() -> None:
 
 @pytest.mark.parametrize(
     ("text", "ms"),
-    [("0.00us", 0.0), ("812.00us", 0.812), ("3.20ms", 3.2), ("1.05s", 1050.0), ("2.50m", 150_000.0), ("1.00h", 3_600_000.0)],
+    [
+        ("0.00us", 0.0),
+        ("812.00us", 0.812),
+        ("3.20ms", 3.2),
+        ("1.05s", 1050.0),
+        ("2.50m", 150_000.0),
+        ("1.00h", 3_600_000.0),
+    ],
 )
 def test_each_time_unit_becomes_milliseconds(text: str, ms: float) -> None:
     assert wrk.parse_time_ms(text) == pytest.approx(ms)
@@ -123,14 +134,23 @@ def test_a_report_without_requests_per_second_is_refused() -> None:
         wrk.parse_output(SAMPLE.replace("Requests/sec:   2995.70", ""))
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/", "http://127.0.0.9:1/x", "http://localhost:80/", "http://[::1]:8000/"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8000/", "http://127.0.0.9:1/x", "http://localhost:80/", "http://[::1]:8000/"]
+)
 def test_loopback_targets_are_allowed(url: str) -> None:
     args = wrk.command("wrk", url, threads=1, connections=8, duration_s=2, timeout_s=5)
     assert args[-1] == url and "--latency" in args and "-d2s" in args
 
 
 @pytest.mark.parametrize(
-    "url", ["http://10.0.0.5:8000/", "http://192.168.1.2/", "http://203.0.113.7/", "http://example.com/", "http://0.0.0.0/"]
+    "url",
+    [
+        "http://10.0.0.5:8000/",
+        "http://192.168.1.2/",
+        "http://203.0.113.7/",
+        "http://example.com/",
+        "http://0.0.0.0/",
+    ],
 )
 def test_anything_but_loopback_is_refused(url: str) -> None:
     with pytest.raises(wrk.WrkError, match="loopback"):
@@ -142,7 +162,9 @@ def test_fewer_connections_than_threads_is_refused() -> None:
         wrk.command("wrk", "http://127.0.0.1:1/", threads=4, connections=2, duration_s=2, timeout_s=5)
 
 
-def test_without_wrk_and_without_root_the_message_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_wrk_and_without_root_the_message_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(wrk.WrkError, match="apt-get install -y wrk"):
@@ -155,7 +177,12 @@ class _Recorder(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.seen.append(
-            (self.command, self.headers.get("Authorization"), self.headers.get("Content-Type"), self.rfile.read(length))
+            (
+                self.command,
+                self.headers.get("Authorization"),
+                self.headers.get("Content-Type"),
+                self.rfile.read(length),
+            )
         )
         self.send_response(204)
         self.end_headers()
@@ -181,7 +208,9 @@ def test_the_request_script_sends_method_body_and_token_from_the_environment(rec
     assert route.script_path() == LUA_DIR / "request.lua"
     binary = shutil.which("wrk")
     assert binary is not None
-    args = wrk.command(binary, recorder, threads=1, connections=1, duration_s=1, timeout_s=2, script=route.script_path())
+    args = wrk.command(
+        binary, recorder, threads=1, connections=1, duration_s=1, timeout_s=2, script=route.script_path()
+    )
     env = {"BENCH_METHOD": "POST", "BENCH_BODY": '{"a": 1}', "BENCH_TOKEN": "t0k"}
     result = wrk.parse_output(wrk.run(args, duration_s=1, env=env))
     assert result.requests > 0 and result.non_2xx == 0
