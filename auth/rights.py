@@ -350,14 +350,10 @@ def check_reason(reason: str | None, field: str = "reason") -> str:
 
 
 def normalize_id_number_input(raw: str) -> str:
-    """A GB 11643 citizen ID number, checked (digit count, date, MOD 11-2 check digit)."""
-    from stdnum.cn import ric
-    from stdnum.exceptions import ValidationError
+    """A GB 11643 citizen ID number, checked the same way as at real-name verification."""
+    from auth.realname import check_id_number
 
-    try:
-        return str(ric.validate(normalize_id_number(raw)))
-    except ValidationError:
-        raise InvalidInput("id_number: not a valid citizen ID number", field="id_number") from None
+    return check_id_number(raw)
 
 
 async def find_account(

@@ -139,7 +139,7 @@ async def test_reveal_without_a_reason_is_refused_and_logs_nothing(stores: Store
         (["users", "show", "--account", str(ids.new_id())], "no account with that id"),
         (["users", "show", "--phone", "13800000000", "--id-number", "x"], "exactly one of"),
         (["users", "show", "--phone", "12345"], "not a mainland China mobile number"),
-        (["users", "show", "--id-number", "110105199003071238"], "not a valid citizen ID number"),
+        (["users", "show", "--id-number", "110105199003071238"], "id_number: the check digit does not match"),
         (["users", "show", "--phone", "13000000000"], "no account with that phone"),
         (["users", "show", "--id-number", "110105199003071239"], "no account with that ID number"),
         (["users", "ban", "not-an-id", "--reason", "x"], "ACCOUNT_ID"),
