@@ -12,6 +12,8 @@ from rich.table import Table
 
 from core import clock, keys
 from core.errors import TongbanError
+from core.pii.vault import PiiKeyInfo, RewrapResult, rotate_data_key
+from core.pii.vault import rewrap as rewrap_pii
 from core.stores import Stores
 from scripts.common import console, fail, with_stores
 
@@ -60,9 +62,31 @@ def list_command(
     _print_table(table)
 
 
+PII = "pii"
+
+
+async def _rotate_pii(stores: Stores) -> tuple[PiiKeyInfo, RewrapResult]:
+    """A new PII data key, and every PII key wrapped under the current master key. Values stay as they are:
+    old data keys keep decrypting, so nothing waits (no downtime)."""
+    info = await rotate_data_key(stores)
+    return info, await rewrap_pii(stores)
+
+
 @app.command("rotate")
-def rotate_command(purpose: str = typer.Argument(..., help="key purpose, e.g. token")) -> None:
-    """Retire the active key, promote the next key, make a new next key."""
+def rotate_command(
+    purpose: str = typer.Argument(..., help="key purpose, e.g. token; 'pii' for the PII vault"),
+) -> None:
+    """Signing keys: retire the active key, promote the next key, make a new next key.
+    'pii': a new PII data key, and every PII key re-wrapped under the current master key."""
+    if purpose == PII:
+        info, rewrapped = _run(_rotate_pii)
+        console.print(
+            f"PII data key {info.id} ({info.algorithm}) is now active; "
+            f"{rewrapped.rewrapped} key(s) re-wrapped under master key {rewrapped.master_key_id}, "
+            f"{rewrapped.unchanged} already were"
+        )
+        console.print("other processes switch data keys within TONGBAN_PII_KEY_CACHE_SECONDS")
+        return
     result = _run(lambda stores: keys.rotate(stores, purpose))
     table = Table(title=f"Rotated {purpose}" + (" (first keys made)" if result.created_from_empty else ""))
     table.add_column("kid", no_wrap=True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
 import sys
 
 import pytest
 
 from core import clock, keys
 from core.masterkey import master_keyring, new_key_text
+from core.settings import Settings
 from core.stores import Stores
 from tests.support.server import ROOT, tongban_env
 
@@ -89,3 +91,50 @@ async def test_a_bad_purpose_is_refused_in_one_line() -> None:
     code, _, err = await tongban("keys", "rotate", "Not A Purpose")
     assert code == 1
     assert err.startswith("tongban: purpose:") and "Traceback" not in err
+
+
+def test_rotate_pii_makes_a_new_data_key_and_old_values_still_decrypt(settings: Settings) -> None:
+    """`tongban keys rotate pii`: a new active PII data key; values sealed under the old one keep decrypting."""
+    import asyncio
+
+    from core.db import transaction
+    from core.stores import close_stores, open_stores
+
+    async def seal() -> bytes:
+        stores = await open_stores(settings)
+        try:
+            vault = await stores.vault()
+            async with transaction(stores.pool, settings) as conn:
+                return await vault.encrypt(conn, "张三", table="t", column="c", row_id="r1")
+        finally:
+            await close_stores(stores)
+
+    async def open_(blob: bytes) -> tuple[str, int]:
+        stores = await open_stores(settings)
+        try:
+            vault = await stores.vault()
+            async with transaction(stores.pool, settings) as conn:
+                value = await vault.decrypt(
+                    conn, blob, table="t", column="c", row_id="r1", actor="test", reason="test"
+                )
+                fresh = await vault.encrypt(conn, "李四", table="t", column="c", row_id="r2")
+            return value, describe(fresh).key_id
+        finally:
+            await close_stores(stores)
+
+    from core.pii.vault import describe
+
+    old = asyncio.run(seal())
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "keys", "rotate", "pii"],
+        cwd=ROOT,
+        env=tongban_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "is now active" in result.stdout
+    value, new_key = asyncio.run(open_(old))
+    assert value == "张三"
+    assert new_key != describe(old).key_id
