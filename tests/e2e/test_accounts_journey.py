@@ -17,35 +17,22 @@ import httpx
 import pytest
 
 from tests.e2e.test_enterprises import new_uscc
-from tests.support.auth import login
-from tests.support.sandbox import Sandbox, start_sandbox
-from tests.support.server import Process, free_port, running_server, start
+from tests.support.auth import bearer, login
+from tests.support.stack import Stack, running_stack
 from tests.unit.test_realname_validation import random_id_number, random_name
 
 pytestmark = pytest.mark.e2e
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Sandbox, Process]]:
-    tmp = tmp_path_factory.mktemp("journey")
-    sandbox = start_sandbox(
-        tmp,
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(
+        tmp_path_factory.mktemp("journey"),
         only=["sms", "population", "face", "enterprise"],
-        TONGBAN_AUTH_SMS_PER_IP_HOUR="10000",
         TONGBAN_AUTH_REFRESH_GRACE_SECONDS="1",
         TONGBAN_AUTH_SMS_PER_PHONE_MINUTE="5",  # three devices log in within the minute
-    )
-    worker = start(["worker"], sandbox.env, tmp / "worker.log", free_port())
-    try:
-        with running_server(tmp, sandbox.env, workers=2) as api:
-            yield api, sandbox, worker
-    finally:
-        worker.stop()
-        sandbox.process.stop()
+    ) as running:
+        yield running
 
 
 def _pg_dump() -> str:
@@ -56,8 +43,8 @@ def _pg_dump() -> str:
     return str(bundled) if bundled.exists() else "pg_dump"
 
 
-def test_accounts_journey(stack: tuple[Process, Sandbox, Process], tmp_path: Path) -> None:
-    api, sandbox, worker = stack
+def test_accounts_journey(stack: Stack, tmp_path: Path) -> None:
+    api, sandbox, worker = stack.api, stack.sandbox, stack.worker
     url, sms = api.base_url, sandbox.urls["sms"]
     phone = "136" + f"{secrets.randbelow(10**8):08d}"
     name, id_number = random_name(), random_id_number()

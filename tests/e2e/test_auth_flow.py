@@ -16,60 +16,28 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.support.auth import last_message_id, login, read_code
-from tests.support.sandbox import Sandbox, start_sandbox
-from tests.support.server import Process, free_port, running_server, start
+from tests.support.auth import bearer, last_message_id, login, new_phone, read_code
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
-
-
-class Stack:
-    def __init__(self, api: Process, sandbox: Sandbox, worker: Process) -> None:
-        self.api, self.sandbox, self.worker = api, sandbox, worker
-
-    @property
-    def url(self) -> str:
-        return self.api.base_url
-
-    @property
-    def sms(self) -> str:
-        return self.sandbox.urls["sms"]
-
-    def logs(self) -> str:
-        return self.api.log() + self.worker.log() + self.sandbox.log()
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("auth")
-    sandbox = start_sandbox(
+    with running_stack(
         tmp,
         only=["sms"],
         TONGBAN_AUTH_REFRESH_GRACE_SECONDS="1",
         TONGBAN_AUTH_SMS_PER_PHONE_MINUTE="2",  # two logins of one phone in a test
-        TONGBAN_AUTH_SMS_PER_IP_HOUR="10000",  # every test comes from 127.0.0.1
         TONGBAN_AUTH_SMS_PER_DEVICE_HOUR="3",
         TONGBAN_LOG_LEVEL="debug",
-    )
-    worker = start(["worker"], sandbox.env, tmp / "worker.log", free_port())
-    try:
-        with running_server(tmp, sandbox.env, workers=2) as api:
-            yield Stack(api, sandbox, worker)
-    finally:
-        worker.stop()
-        sandbox.process.stop()
-
-
-def new_phone() -> str:
-    return "139" + f"{secrets.randbelow(10**8):08d}"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    ) as running:
+        yield running
 
 
 def test_login_refresh_reuse_sessions(stack: Stack) -> None:
-    phone = new_phone()
+    phone = new_phone("139")
     first = login(stack.url, stack.sms, phone, device="phone-a")
     assert first["token_type"] == "Bearer" and first["level"] == 1 and first["expires_in"] == 600
     header = jwt.get_unverified_header(first["access_token"])
@@ -141,7 +109,7 @@ def _eventually_401(stack: Stack, token: str, within: float = 2.0) -> bool:
 
 
 def test_logout_ends_the_session(stack: Stack) -> None:
-    tokens = login(stack.url, stack.sms, new_phone())
+    tokens = login(stack.url, stack.sms, new_phone("139"))
     assert (
         httpx.post(stack.url + "/v1/auth/logout", headers=bearer(tokens["access_token"])).status_code == 204
     )
@@ -151,7 +119,7 @@ def test_logout_ends_the_session(stack: Stack) -> None:
 
 
 def test_wrong_code_five_times_burns_it(stack: Stack) -> None:
-    phone = new_phone()
+    phone = new_phone("139")
     before = last_message_id(stack.sms, phone)
     sent = httpx.post(stack.url + "/v1/auth/sms-codes", json={"phone": phone}).json()
     code = read_code(stack.sms, phone, after=before)
@@ -167,7 +135,7 @@ def test_wrong_code_five_times_burns_it(stack: Stack) -> None:
 
 
 def test_code_is_single_use_and_bound_to_its_challenge(stack: Stack) -> None:
-    phone = new_phone()
+    phone = new_phone("139")
     before = last_message_id(stack.sms, phone)
     sent = httpx.post(stack.url + "/v1/auth/sms-codes", json={"phone": phone}).json()
     code = read_code(stack.sms, phone, after=before)
@@ -181,7 +149,7 @@ def test_code_is_single_use_and_bound_to_its_challenge(stack: Stack) -> None:
 
 
 def test_send_flood_is_limited_across_both_processes(stack: Stack) -> None:
-    phone = new_phone()
+    phone = new_phone("139")
     with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:  # new connection each time
         answers = [client.post(stack.url + "/v1/auth/sms-codes", json={"phone": phone}) for _ in range(12)]
     assert [a.status_code for a in answers].count(202) == 2  # TONGBAN_AUTH_SMS_PER_PHONE_MINUTE
@@ -195,7 +163,7 @@ def test_one_device_cannot_spray_codes_at_many_phones(stack: Stack) -> None:
     device = secrets.token_hex(8)
     answers = [
         httpx.post(
-            stack.url + "/v1/auth/sms-codes", json={"phone": new_phone(), "device_id": device}
+            stack.url + "/v1/auth/sms-codes", json={"phone": new_phone("139"), "device_id": device}
         ).status_code
         for _ in range(5)
     ]
@@ -203,9 +171,11 @@ def test_one_device_cannot_spray_codes_at_many_phones(stack: Stack) -> None:
 
 
 def test_same_answer_for_unknown_and_known_phones(stack: Stack) -> None:
-    known = new_phone()
+    known = new_phone("139")
     login(stack.url, stack.sms, known)
-    answers = [httpx.post(stack.url + "/v1/auth/sms-codes", json={"phone": p}) for p in (known, new_phone())]
+    answers = [
+        httpx.post(stack.url + "/v1/auth/sms-codes", json={"phone": p}) for p in (known, new_phone("139"))
+    ]
     assert [a.status_code for a in answers] == [202, 202]
     assert [set(a.json()) for a in answers] == [{"challenge_id", "expires_in", "resend_after"}] * 2
     assert [a.json()["expires_in"] for a in answers] == [300, 300]
@@ -271,7 +241,7 @@ def _forgeries(stack: Stack, good: str) -> dict[str, str]:
 
 
 def test_forged_tokens_are_refused(stack: Stack) -> None:
-    tokens = login(stack.url, stack.sms, new_phone())
+    tokens = login(stack.url, stack.sms, new_phone("139"))
     good = tokens["access_token"]
     assert httpx.get(stack.url + "/v1/me/sessions", headers=bearer(good)).status_code == 200
     for name, forged in _forgeries(stack, good).items():
@@ -290,7 +260,7 @@ def test_expired_and_wrong_audience_tokens_signed_by_us_are_refused(stack: Stack
     from core.settings import get_settings
     from core.stores import close_stores, open_stores
 
-    tokens = login(stack.url, stack.sms, new_phone())
+    tokens = login(stack.url, stack.sms, new_phone("139"))
     claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
 
     async def sign(overrides: dict) -> str:  # type: ignore[type-arg]
@@ -307,7 +277,7 @@ def test_expired_and_wrong_audience_tokens_signed_by_us_are_refused(stack: Stack
 
 
 def test_no_secret_reaches_a_log_line(stack: Stack) -> None:
-    phone = new_phone()
+    phone = new_phone("139")
     tokens = login(stack.url, stack.sms, phone)
     httpx.post(stack.url + "/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     code = read_code(stack.sms, phone)

@@ -8,72 +8,30 @@ refresh no longer carries `ent`."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
-from uuid import UUID
 
 import httpx
 import jwt
 import pytest
 from stdnum.cn import ric, uscc
 
-from sandbox.providers import PROVIDERS
-from tests.support.auth import login
-from tests.support.sandbox import Sandbox, start_sandbox
-from tests.support.server import Process, free_port, running_server, start
+from tests.support.auth import bearer, login, new_phone
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 
 NAME = "王小明"
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
-# The real-name part (POST /v1/me/real-name with the sandbox population registry) makes the L2 person when it
-# is there; without it, the test writes the verified identity through the PII vault (see become_l2).
-REAL_NAME = "population" in PROVIDERS
-
-
-class Stack:
-    def __init__(self, api: Process, sandbox: Sandbox, worker: Process) -> None:
-        self.api, self.sandbox, self.worker = api, sandbox, worker
-
-    @property
-    def url(self) -> str:
-        return self.api.base_url
-
-    @property
-    def sms(self) -> str:
-        return self.sandbox.urls["sms"]
-
-    @property
-    def registry(self) -> str:
-        return self.sandbox.urls["enterprise"]
-
-    def logs(self) -> str:
-        return self.api.log() + self.worker.log() + self.sandbox.log()
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("enterprises")
-    sandbox = start_sandbox(
-        tmp,
-        only=["sms", "enterprise", *(["population"] if REAL_NAME else [])],
-        TONGBAN_AUTH_SMS_PER_IP_HOUR="10000",  # every test comes from 127.0.0.1
-        TONGBAN_LOG_LEVEL="debug",
-    )
-    worker = start(["worker"], sandbox.env, tmp / "worker.log", free_port())
-    try:
-        with running_server(tmp, sandbox.env, workers=2) as api:
-            yield Stack(api, sandbox, worker)
-    finally:
-        worker.stop()
-        sandbox.process.stop()
-
-
-def new_phone() -> str:
-    return "136" + f"{secrets.randbelow(10**8):08d}"
+    with running_stack(tmp, only=["sms", "enterprise", "population"], TONGBAN_LOG_LEVEL="debug") as running:
+        yield running
 
 
 def new_id_number() -> str:
@@ -87,65 +45,25 @@ def new_uscc() -> str:
     return body + uscc.calc_check_digit(body)
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 def claims(token: str) -> dict[str, Any]:
     decoded: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     return decoded
 
 
-async def _write_identity(account_id: UUID, name: str, id_number: str) -> None:
-    """What a successful real-name verification leaves in the account, written through the PII vault."""
-    from core.db import transaction
-    from core.pii.masking import mask_id_number, mask_name, normalize_id_number
-    from core.settings import get_settings
-    from core.stores import close_stores, open_stores
-
-    stores = await open_stores(get_settings())
-    try:
-        vault = await stores.vault()
-        async with transaction(stores.pool, stores.settings) as conn:
-            await conn.execute(
-                """UPDATE accounts SET level = 2, amr = array_append(amr, 'idcard'), name_enc = $2,
-                       name_masked = $3, id_number_enc = $4, id_number_bidx = $5, id_number_masked = $6,
-                       real_name_at = now()
-                   WHERE id = $1""",
-                account_id,
-                await vault.encrypt(conn, name, table="accounts", column="name", row_id=account_id),
-                mask_name(name),
-                await vault.encrypt(conn, id_number, table="accounts", column="id_number", row_id=account_id),
-                vault.blind_index(id_number, purpose="accounts.id_number", normalize=normalize_id_number),
-                mask_id_number(id_number),
-            )
-    finally:
-        await close_stores(stores)
-
-
 def become_l2(stack: Stack, tokens: dict[str, Any], id_number: str) -> str:
     """An L2 access token for the logged-in person, whose identity becomes (NAME, id_number)."""
-    if REAL_NAME:
-        registry = stack.sandbox.urls["population"]
-        seeded = httpx.post(
-            f"{registry}/registry/import", json={"rows": [{"name": NAME, "id_number": id_number}]}
-        )
-        assert seeded.status_code == 200, seeded.text
-        verified = httpx.post(
-            stack.url + "/v1/me/real-name",
-            json={"name": NAME, "id_number": id_number},
-            headers=bearer(tokens["access_token"]),
-        )
-        assert verified.status_code == 200, verified.text
-        token: str = verified.json()["access_token"]
-    else:
-        asyncio.run(_write_identity(UUID(tokens["account_id"]), NAME, id_number))
-        refreshed = httpx.post(
-            stack.url + "/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
-        )
-        assert refreshed.status_code == 200, refreshed.text
-        tokens["refresh_token"] = refreshed.json()["refresh_token"]
-        token = refreshed.json()["access_token"]
+    registry = stack.sandbox.urls["population"]
+    seeded = httpx.post(
+        f"{registry}/registry/import", json={"rows": [{"name": NAME, "id_number": id_number}]}
+    )
+    assert seeded.status_code == 200, seeded.text
+    verified = httpx.post(
+        stack.url + "/v1/me/real-name",
+        json={"name": NAME, "id_number": id_number},
+        headers=bearer(tokens["access_token"]),
+    )
+    assert verified.status_code == 200, verified.text
+    token: str = verified.json()["access_token"]
     assert claims(token)["acr"] == "L2"
     return token
 
@@ -160,12 +78,12 @@ def refresh(stack: Stack, tokens: dict[str, Any]) -> dict[str, Any]:
 
 def test_enterprise_registration_agent_acting_and_revocation(stack: Stack) -> None:
     # An L2 person, legal representative of an enterprise in the registry.
-    legal_rep_phone, id_number = new_phone(), new_id_number()
+    legal_rep_phone, id_number = new_phone("136"), new_id_number()
     legal_rep = login(stack.url, stack.sms, legal_rep_phone, device="boss-phone")
     legal_rep_token = become_l2(stack, legal_rep, id_number)
     code = new_uscc()
     seeded = httpx.post(
-        stack.registry + "/registry/enterprises",
+        stack.sandbox.urls["enterprise"] + "/registry/enterprises",
         json=[
             {
                 "uscc": code,
@@ -179,7 +97,7 @@ def test_enterprise_registration_agent_acting_and_revocation(stack: Stack) -> No
     assert seeded.status_code == 200, seeded.text
 
     # An L1 person cannot register it; the legal representative can, once.
-    agent_phone = new_phone()
+    agent_phone = new_phone("136")
     agent = login(stack.url, stack.sms, agent_phone, device="clerk-phone")
     l1 = httpx.post(
         stack.url + "/v1/me/enterprises", json={"uscc": code}, headers=bearer(agent["access_token"])
@@ -202,7 +120,7 @@ def test_enterprise_registration_agent_acting_and_revocation(stack: Stack) -> No
     assert granted.status_code == 201, granted.text
     assert granted.json()["account_id"] == agent["account_id"] and agent_phone not in granted.text
     # An agent grants nobody.
-    stranger_phone = new_phone()
+    stranger_phone = new_phone("136")
     login(stack.url, stack.sms, stranger_phone)
     refused = httpx.post(
         members, json={"phone": stranger_phone, "role": "agent"}, headers=bearer(agent["access_token"])

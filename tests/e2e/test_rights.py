@@ -5,64 +5,31 @@ phone registers again as a new account."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.support.auth import login
-from tests.support.sandbox import Sandbox, start_sandbox
-from tests.support.server import Process, free_port, running_server, start
+from tests.support.auth import bearer, login, new_phone
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 
 GRACE_SECONDS = 4.32  # TONGBAN_AUTH_DELETION_GRACE_DAYS below
 
 
-class Stack:
-    def __init__(self, api: Process, sandbox: Sandbox, worker: Process) -> None:
-        self.api, self.sandbox, self.worker = api, sandbox, worker
-
-    @property
-    def url(self) -> str:
-        return self.api.base_url
-
-    @property
-    def sms(self) -> str:
-        return self.sandbox.urls["sms"]
-
-    def logs(self) -> str:
-        return self.api.log() + self.worker.log() + self.sandbox.log()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("rights")
-    sandbox = start_sandbox(
+    with running_stack(
         tmp,
         only=["sms"],
         TONGBAN_AUTH_DELETION_GRACE_DAYS=str(GRACE_SECONDS / 86400),
         TONGBAN_AUTH_SMS_PER_PHONE_MINUTE="3",
-        TONGBAN_AUTH_SMS_PER_IP_HOUR="10000",
         TONGBAN_JOBS_RELAY_POLL="0.2",
-    )
-    worker = start(["worker"], sandbox.env, tmp / "worker.log", free_port())
-    try:
-        with running_server(tmp, sandbox.env, workers=2) as api:
-            yield Stack(api, sandbox, worker)
-    finally:
-        worker.stop()
-        sandbox.process.stop()
-
-
-def new_phone() -> str:
-    return "136" + f"{secrets.randbelow(10**8):08d}"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    ) as running:
+        yield running
 
 
 def wait_for(condition: object, seconds: float) -> bool:
@@ -75,7 +42,7 @@ def wait_for(condition: object, seconds: float) -> bool:
 
 
 def test_export_is_an_attachment_and_rate_limited(stack: Stack) -> None:
-    phone = new_phone()
+    phone = new_phone("136")
     tokens = login(stack.url, stack.sms, phone)
     answers = []
     with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:  # both processes
@@ -91,7 +58,7 @@ def test_export_is_an_attachment_and_rate_limited(stack: Stack) -> None:
 
 
 def test_cancelled_deletion_does_nothing_and_a_due_one_is_erased_by_the_worker(stack: Stack) -> None:
-    phone = new_phone()
+    phone = new_phone("136")
     tokens = login(stack.url, stack.sms, phone)
     headers = bearer(tokens["access_token"])
 

@@ -6,71 +6,27 @@ from __future__ import annotations
 
 import getpass
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.support.auth import last_message_id, login, read_code
-from tests.support.sandbox import Sandbox, start_sandbox
-from tests.support.server import ROOT, Process, free_port, running_server, start
+from tests.support.auth import bearer, last_message_id, login, new_phone, read_code
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
-
-
-class Stack:
-    def __init__(self, api: Process, sandbox: Sandbox, worker: Process) -> None:
-        self.api, self.sandbox, self.worker = api, sandbox, worker
-
-    @property
-    def url(self) -> str:
-        return self.api.base_url
-
-    @property
-    def sms(self) -> str:
-        return self.sandbox.urls["sms"]
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "scripts.cli", *args],
-            cwd=ROOT,
-            env={**self.sandbox.env, "COLUMNS": "200"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    def logs(self) -> str:
-        return self.api.log() + self.worker.log() + self.sandbox.log()
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("users-cli")
-    sandbox = start_sandbox(
+    with running_stack(
         tmp,
         only=["sms"],
         TONGBAN_AUTH_SMS_PER_PHONE_MINUTE="5",  # several logins of one phone in a test
-        TONGBAN_AUTH_SMS_PER_IP_HOUR="10000",  # every test comes from 127.0.0.1
-    )
-    worker = start(["worker"], sandbox.env, tmp / "worker.log", free_port())
-    try:
-        with running_server(tmp, sandbox.env, workers=2) as api:
-            yield Stack(api, sandbox, worker)
-    finally:
-        worker.stop()
-        sandbox.process.stop()
-
-
-def new_phone() -> str:
-    return "137" + f"{secrets.randbelow(10**8):08d}"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    ) as running:
+        yield running
 
 
 def statuses(stack: Stack, token: str, tries: int = 8) -> set[int]:
@@ -107,7 +63,7 @@ def login_answer(stack: Stack, phone: str) -> httpx.Response:
 
 
 def test_ban_refuses_the_token_at_once_and_login_until_unban(stack: Stack) -> None:
-    phone = new_phone()
+    phone = new_phone("137")
     tokens = login(stack.url, stack.sms, phone)
     assert statuses(stack, tokens["access_token"]) == {200}
 
@@ -134,7 +90,7 @@ def test_ban_refuses_the_token_at_once_and_login_until_unban(stack: Stack) -> No
 
 
 def test_sessions_revoke_ends_one_device_at_once(stack: Stack) -> None:
-    phone = new_phone()
+    phone = new_phone("137")
     phone_a = login(stack.url, stack.sms, phone, device="phone-a")
     phone_b = login(stack.url, stack.sms, phone, device="phone-b")
     result = stack.cli("sessions", "revoke", phone_a["session_id"])
@@ -148,7 +104,7 @@ def test_sessions_revoke_ends_one_device_at_once(stack: Stack) -> None:
 
 
 def test_show_masked_then_revealed_with_the_reason_in_the_audit(stack: Stack) -> None:
-    phone = new_phone()
+    phone = new_phone("137")
     tokens = login(stack.url, stack.sms, phone)
     masked = stack.cli("users", "show", "--phone", phone)
     assert masked.returncode == 0, masked.stderr
@@ -170,7 +126,7 @@ def test_show_masked_then_revealed_with_the_reason_in_the_audit(stack: Stack) ->
 
 
 def test_no_phone_or_token_in_the_logs(stack: Stack) -> None:
-    phone = new_phone()
+    phone = new_phone("137")
     tokens = login(stack.url, stack.sms, phone)
     stack.cli("users", "ban", tokens["account_id"], "--reason", "log check")
     logs = stack.logs()

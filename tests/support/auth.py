@@ -46,3 +46,14 @@ def login(api: str, sms_url: str, phone: str, device: str = "test-phone") -> dic
     )
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def new_phone(prefix: str = "139") -> str:
+    """A random mainland mobile number (tests never share one)."""
+    import secrets
+
+    return prefix + f"{secrets.randbelow(10**8):08d}"

@@ -1,0 +1,56 @@
+"""The citizen-facing stack as real processes: sandbox providers, the job worker and a multi-process API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.sandbox import Sandbox, start_sandbox
+from tests.support.server import ROOT, Process, free_port, running_server, start
+
+
+@dataclass
+class Stack:
+    api: Process
+    sandbox: Sandbox
+    worker: Process
+
+    @property
+    def url(self) -> str:
+        return self.api.base_url
+
+    @property
+    def sms(self) -> str:
+        return self.sandbox.urls["sms"]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`tongban ARGS` with the stack's environment."""
+        return subprocess.run(
+            [sys.executable, "-m", "scripts.cli", *args],
+            cwd=ROOT,
+            env=self.sandbox.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def logs(self) -> str:
+        return self.api.log() + self.worker.log() + self.sandbox.log()
+
+
+@contextmanager
+def running_stack(tmp: Path, only: list[str], *, workers: int = 2, **env: str) -> Iterator[Stack]:
+    """Sandbox providers `only`, a worker and an API of `workers` processes, all with `env` set.
+    Every test request comes from 127.0.0.1, so the per-IP SMS limit is lifted unless `env` sets it."""
+    sandbox = start_sandbox(tmp, only=only, **{"TONGBAN_AUTH_SMS_PER_IP_HOUR": "10000", **env})
+    worker = start(["worker"], sandbox.env, tmp / "worker.log", free_port())
+    try:
+        with running_server(tmp, sandbox.env, workers=workers) as api:
+            yield Stack(api, sandbox, worker)
+    finally:
+        worker.stop()
+        sandbox.process.stop()
