@@ -6,10 +6,11 @@ from __future__ import annotations
 from uuid import UUID
 
 from auth import repository
-from auth.service import ID_NUMBER_INDEX, PHONE_INDEX
+from auth.realname import store_identity
+from auth.service import PHONE_INDEX
 from core import ids
 from core.db import transaction
-from core.pii.masking import mask_id_number, mask_name, mask_phone, normalize_id_number, normalize_phone
+from core.pii.masking import mask_phone, normalize_phone
 from core.stores import Stores
 
 # 11010519491231002X is the worked example of GB 11643 and 91350100M000100Y43 of GB 32100: valid check
@@ -41,18 +42,6 @@ async def ensure_demo_citizen(stores: Stores) -> UUID:
         account_id = ids.new_id()
         phone_enc = await vault.encrypt(conn, phone, table="accounts", column="phone", row_id=account_id)
         await repository.insert_account(conn, account_id, phone_enc, phone_bidx, mask_phone(phone))
-        await repository.set_real_name(
-            conn,
-            account_id,
-            name_enc=await vault.encrypt(conn, name, table="accounts", column="name", row_id=account_id),
-            name_masked=mask_name(name),
-            id_number_enc=await vault.encrypt(
-                conn, id_number, table="accounts", column="id_number", row_id=account_id
-            ),
-            id_number_bidx=vault.blind_index(
-                id_number, purpose=ID_NUMBER_INDEX, normalize=normalize_id_number
-            ),
-            id_number_masked=mask_id_number(id_number),
-        )
+        await store_identity(conn, vault, account_id, name, id_number)
         await repository.add_event(conn, account_id, "registered", "demo")
         return account_id

@@ -245,6 +245,24 @@ async def _level_up(stores: Stores, claims: AccessClaims, level: int, amr: list[
     return LevelUp(access_token=token, token_type="Bearer", expires_in=ttl, level=level, amr=amr)  # noqa: S106
 
 
+async def store_identity(
+    conn: asyncpg.Connection, vault: Vault, account_id: UUID, name: str, id_number: str
+) -> asyncpg.Record:
+    """Keep a verified identity: name and ID number sealed by the vault (row = the account), the blind
+    index and masked forms, level 2. UniqueViolationError when another account holds the ID number."""
+    return await repository.set_real_name(
+        conn,
+        account_id,
+        name_enc=await vault.encrypt(conn, name, table="accounts", column="name", row_id=account_id),
+        name_masked=mask_name(name),
+        id_number_enc=await vault.encrypt(
+            conn, id_number, table="accounts", column="id_number", row_id=account_id
+        ),
+        id_number_bidx=vault.blind_index(id_number, purpose=ID_NUMBER_INDEX, normalize=normalize_id_number),
+        id_number_masked=mask_id_number(id_number),
+    )
+
+
 async def verify_real_name(
     stores: Stores,
     claims: AccessClaims,
@@ -295,21 +313,9 @@ async def verify_real_name(
             refusal = await _refusal_if_other_identity(conn, vault, account, name, bidx)
             level, amr = account["level"], list(account["amr"])
         else:
-            name_enc = await vault.encrypt(conn, name, table="accounts", column="name", row_id=account_id)
-            id_enc = await vault.encrypt(
-                conn, id_number, table="accounts", column="id_number", row_id=account_id
-            )
             try:
                 async with conn.transaction():  # a savepoint: the unique index may refuse the ID number
-                    row = await repository.set_real_name(
-                        conn,
-                        account_id,
-                        name_enc=name_enc,
-                        name_masked=mask_name(name),
-                        id_number_enc=id_enc,
-                        id_number_bidx=bidx,
-                        id_number_masked=mask_id_number(id_number),
-                    )
+                    row = await store_identity(conn, vault, account_id, name, id_number)
             except asyncpg.UniqueViolationError:
                 # Another account verified this ID number since the check above.
                 holder = await repository.id_number_holder(conn, bidx)

@@ -11,13 +11,14 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from auth import consent, otp, rights, service
-from auth.models import Device, LoginRequest, TokenPair
+from auth import consent, rights, service
+from auth.models import TokenPair
 from auth.revocation import REVOKED
 from core import clock, jobs
 from core.errors import NotFound
 from core.pii.masking import mask_id_number, mask_name, normalize_id_number, normalize_phone
 from core.stores import Stores
+from tests.support.accounts import login_in_process, verify_in_process
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 
@@ -35,34 +36,6 @@ def _id_number() -> str:
     return next(stem + c for c in "0123456789X" if ric.is_valid(stem + c))
 
 
-async def _login(stores: Stores, phone: str, device: str = "phone-1") -> TokenPair:
-    vault = await stores.vault()
-    tag = vault.blind_index(phone, purpose="accounts.phone", normalize=normalize_phone)[:12].hex()
-    challenge, code = await otp.issue(
-        stores.redis, stores.settings, phone_tag=tag, purpose="login", ttl_seconds=300
-    )
-    request = LoginRequest(phone=phone, code=code, challenge_id=challenge, device=Device(id=device))
-    return await service.login(stores, request, f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.1")
-
-
-async def _verify(stores: Stores, account_id: UUID, name: str, id_number: str) -> None:
-    """What the real-name step stores: ciphertext, blind index and masks (written here directly)."""
-    vault = await stores.vault()
-    async with stores.pool.acquire() as conn:
-        name_enc = await vault.encrypt(conn, name, table="accounts", column="name", row_id=account_id)
-        id_enc = await vault.encrypt(conn, id_number, table="accounts", column="id_number", row_id=account_id)
-        await conn.execute(
-            """UPDATE accounts SET name_enc = $2, name_masked = $3, id_number_enc = $4, id_number_bidx = $5,
-                      id_number_masked = $6, level = 2, real_name_at = now() WHERE id = $1""",
-            account_id,
-            name_enc,
-            mask_name(name),
-            id_enc,
-            vault.blind_index(id_number, purpose="accounts.id_number", normalize=normalize_id_number),
-            mask_id_number(id_number),
-        )
-
-
 def _bearer(tokens: TokenPair) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens.access_token}"}
 
@@ -78,7 +51,7 @@ async def _erase_jobs(stores: Stores, account_id: UUID) -> list[Any]:
 async def test_request_is_pending_with_a_deferred_job_and_repeats_add_nothing(
     stores: Stores, client: Client
 ) -> None:
-    tokens = await _login(stores, _phone())
+    tokens = await login_in_process(stores, _phone())
     before = clock.now()
     assert (await client.get("/v1/me/deletion", headers=_bearer(tokens))).json()["state"] == "none"
 
@@ -116,7 +89,7 @@ async def test_cancel_makes_the_account_active_and_the_job_then_does_nothing(
     stores: Stores, client: Client
 ) -> None:
     phone = _phone()
-    tokens = await _login(stores, phone)
+    tokens = await login_in_process(stores, phone)
     requested = (await client.delete("/v1/me", headers=_bearer(tokens))).json()
 
     cancelled = await client.delete("/v1/me/deletion", headers=_bearer(tokens))
@@ -148,7 +121,7 @@ async def test_cancel_makes_the_account_active_and_the_job_then_does_nothing(
 async def test_a_new_request_after_cancel_gets_its_own_job_and_the_old_one_finds_nothing_due(
     stores: Stores, client: Client
 ) -> None:
-    tokens = await _login(stores, _phone())
+    tokens = await login_in_process(stores, _phone())
     first = (await client.delete("/v1/me", headers=_bearer(tokens))).json()
     await client.delete("/v1/me/deletion", headers=_bearer(tokens))
     second = (await client.delete("/v1/me", headers=_bearer(tokens))).json()
@@ -165,7 +138,7 @@ async def test_a_new_request_after_cancel_gets_its_own_job_and_the_old_one_finds
 
 
 async def test_the_job_does_nothing_before_the_due_time(stores: Stores, client: Client) -> None:
-    tokens = await _login(stores, _phone())
+    tokens = await login_in_process(stores, _phone())
     await client.delete("/v1/me", headers=_bearer(tokens))
     assert await rights.erase_account(stores, tokens.account_id) is False
     assert (
@@ -175,16 +148,16 @@ async def test_the_job_does_nothing_before_the_due_time(stores: Stores, client: 
         "deleting"
     )
     # Without any request, nothing either.
-    other = await _login(stores, _phone())
+    other = await login_in_process(stores, _phone())
     assert await rights.erase_account(stores, other.account_id, now=clock.now() + timedelta(days=99)) is False
 
 
 async def test_erasure_when_due(stores: Stores, client: Client) -> None:
     phone, name, id_number = _phone(), "欧阳娜娜", _id_number()
-    tokens = await _login(stores, phone, "phone-of-nana")
-    other_device = await _login(stores, phone, "tablet-of-nana")
+    tokens = await login_in_process(stores, phone, "phone-of-nana")
+    other_device = await login_in_process(stores, phone, "tablet-of-nana")
     account_id = tokens.account_id
-    await _verify(stores, account_id, name, id_number)
+    await verify_in_process(stores, account_id, name, id_number)
     vault = await stores.vault()
     old_phone_bidx = vault.blind_index(phone, purpose="accounts.phone", normalize=normalize_phone)
     old_id_bidx = vault.blind_index(id_number, purpose="accounts.id_number", normalize=normalize_id_number)
@@ -256,9 +229,9 @@ async def test_erasure_when_due(stores: Stores, client: Client) -> None:
     assert await rights.erase_account(stores, account_id, now=requested.due_at + timedelta(days=1)) is False
 
     # The phone registers again as a NEW account; the ID number can be bound to another account again.
-    again = await _login(stores, phone)
+    again = await login_in_process(stores, phone)
     assert again.account_id != account_id
-    await _verify(stores, again.account_id, name, id_number)
+    await verify_in_process(stores, again.account_id, name, id_number)
     assert (
         await stores.pool.fetchval("SELECT id FROM accounts WHERE id_number_bidx = $1", old_id_bidx)
         == again.account_id
@@ -279,7 +252,7 @@ async def test_the_registered_job_erases_with_a_zero_grace_period(stores: Stores
         redis=stores.redis,
         _vault=await stores.vault(),
     )
-    tokens = await _login(stores, _phone())
+    tokens = await login_in_process(stores, _phone())
     await rights.request_deletion(zero_grace, tokens.account_id)
     [queued] = await _erase_jobs(stores, tokens.account_id)
     spec = jobs._REGISTRY["auth.erase_account"]
@@ -292,9 +265,9 @@ async def test_the_registered_job_erases_with_a_zero_grace_period(stores: Stores
 
 
 async def test_erase_due_backstop_erases_only_what_is_due(stores: Stores) -> None:
-    due = await _login(stores, _phone())
-    not_due = await _login(stores, _phone())
-    cancelled = await _login(stores, _phone())
+    due = await login_in_process(stores, _phone())
+    not_due = await login_in_process(stores, _phone())
+    cancelled = await login_in_process(stores, _phone())
     for tokens in (due, not_due, cancelled):
         await rights.request_deletion(stores, tokens.account_id)
     await rights.cancel_deletion(stores, cancelled.account_id)
@@ -324,7 +297,7 @@ async def test_deletion_routes_need_a_token(client: Client) -> None:
 
 
 async def test_a_banned_account_cannot_request_deletion_through_the_service(stores: Stores) -> None:
-    tokens = await _login(stores, _phone())
+    tokens = await login_in_process(stores, _phone())
     await rights.ban_account(stores, tokens.account_id, "fraud report 7", "ops:test")
     with pytest.raises(Exception, match="suspended"):
         await rights.request_deletion(stores, tokens.account_id)

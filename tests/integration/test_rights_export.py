@@ -7,11 +7,11 @@ from uuid import UUID
 
 from litestar.testing import AsyncTestClient
 
-from auth import consent, otp, service
-from auth.models import Device, LoginRequest, TokenPair
+from auth import consent
+from auth.models import TokenPair
 from core import ids
-from core.pii.masking import mask_id_number, mask_name, normalize_id_number, normalize_phone
 from core.stores import Stores
+from tests.support.accounts import login_in_process, verify_in_process
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 
@@ -26,35 +26,6 @@ def _id_number() -> str:
     stem = f"110105{1960 + secrets.randbelow(40)}0{1 + secrets.randbelow(9)}1{secrets.randbelow(10)}"
     stem += f"{secrets.randbelow(1000):03d}"
     return next(stem + c for c in "0123456789X" if ric.is_valid(stem + c))
-
-
-async def _login(stores: Stores, phone: str, device: str = "phone-1") -> TokenPair:
-    vault = await stores.vault()
-    tag = vault.blind_index(phone, purpose="accounts.phone", normalize=normalize_phone)[:12].hex()
-    challenge, code = await otp.issue(
-        stores.redis, stores.settings, phone_tag=tag, purpose="login", ttl_seconds=300
-    )
-    request = LoginRequest(phone=phone, code=code, challenge_id=challenge, device=Device(id=device))
-    return await service.login(stores, request, f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.2")
-
-
-async def _verify(stores: Stores, account_id: UUID, name: str, id_number: str) -> None:
-    """What the real-name step stores: ciphertext, blind index and masks (written here directly)."""
-    vault = await stores.vault()
-    async with stores.pool.acquire() as conn:
-        name_enc = await vault.encrypt(conn, name, table="accounts", column="name", row_id=account_id)
-        id_enc = await vault.encrypt(conn, id_number, table="accounts", column="id_number", row_id=account_id)
-        await conn.execute(
-            """UPDATE accounts SET name_enc = $2, name_masked = $3, id_number_enc = $4, id_number_bidx = $5,
-                      id_number_masked = $6, level = 2, amr = ARRAY['sms', 'idcard'], real_name_at = now()
-               WHERE id = $1""",
-            account_id,
-            name_enc,
-            mask_name(name),
-            id_enc,
-            vault.blind_index(id_number, purpose="accounts.id_number", normalize=normalize_id_number),
-            mask_id_number(id_number),
-        )
 
 
 def _bearer(tokens: TokenPair) -> dict[str, str]:
@@ -74,10 +45,10 @@ async def test_export_holds_everything_decrypted_and_each_decrypt_is_logged(
     stores: Stores, client: Client
 ) -> None:
     phone, name, id_number = _phone(), "张三丰", _id_number()
-    tokens = await _login(stores, phone, "phone-a")
-    await _login(stores, phone, "tablet-b")
+    tokens = await login_in_process(stores, phone, "phone-a")
+    await login_in_process(stores, phone, "tablet-b")
     account_id = tokens.account_id
-    await _verify(stores, account_id, name, id_number)
+    await verify_in_process(stores, account_id, name, id_number)
     kept = await consent.grant(stores, account_id, "miniapp:wx-bus", ["phone", "real_name"], "bus card")
     withdrawn = await consent.grant(stores, account_id, "miniapp:wx-shop", ["phone"], "delivery")
     await consent.revoke(stores, account_id, withdrawn.id)
@@ -146,7 +117,7 @@ async def test_export_holds_everything_decrypted_and_each_decrypt_is_logged(
 
 async def test_unverified_account_exports_phone_only(stores: Stores, client: Client) -> None:
     phone = _phone()
-    tokens = await _login(stores, phone)
+    tokens = await login_in_process(stores, phone)
     data = (await client.get("/v1/me/export", headers=_bearer(tokens))).json()
     assert data["account"]["phone"] == phone
     assert data["account"]["name"] is None and data["account"]["id_number"] is None
@@ -155,7 +126,7 @@ async def test_unverified_account_exports_phone_only(stores: Stores, client: Cli
 
 
 async def test_export_shows_a_pending_deletion(stores: Stores, client: Client) -> None:
-    tokens = await _login(stores, _phone())
+    tokens = await login_in_process(stores, _phone())
     await client.delete("/v1/me", headers=_bearer(tokens))
     data = (await client.get("/v1/me/export", headers=_bearer(tokens))).json()
     assert data["deletion"]["state"] == "pending" and data["deletion"]["due_at"]
@@ -163,7 +134,7 @@ async def test_export_shows_a_pending_deletion(stores: Stores, client: Client) -
 
 
 async def test_export_is_rate_limited_per_account(stores: Stores, client: Client) -> None:
-    tokens = await _login(stores, _phone())
+    tokens = await login_in_process(stores, _phone())
     answers = [(await client.get("/v1/me/export", headers=_bearer(tokens))).status_code for _ in range(6)]
     assert answers == [200] * 5 + [429]  # TONGBAN_AUTH_EXPORT_PER_HOUR
     refused = await client.get("/v1/me/export", headers=_bearer(tokens))
@@ -172,7 +143,7 @@ async def test_export_is_rate_limited_per_account(stores: Stores, client: Client
     # A refused export decrypts nothing.
     assert len(await _access_log(stores, tokens.account_id)) == 5
     # Another account is not affected.
-    other = await _login(stores, _phone())
+    other = await login_in_process(stores, _phone())
     assert (await client.get("/v1/me/export", headers=_bearer(other))).status_code == 200
 
 

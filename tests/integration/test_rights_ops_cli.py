@@ -12,15 +12,14 @@ from click.testing import Result
 from litestar.testing import AsyncTestClient
 from typer.testing import CliRunner
 
-from auth import otp, service
-from auth.models import Device, LoginRequest, TokenPair
 from auth.revocation import REVOKED
 from core import ids
 from core.errors import Forbidden
-from core.pii.masking import mask_id_number, mask_name, mask_phone, normalize_id_number, normalize_phone
+from core.pii.masking import mask_id_number, mask_name, mask_phone
 from core.stores import Stores
 from scripts.cli import app
 from scripts.users_cmd import ops_actor
+from tests.support.accounts import login_in_process, verify_in_process
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 
@@ -35,33 +34,6 @@ def _id_number() -> str:
     stem = f"110105{1960 + secrets.randbelow(40)}0{1 + secrets.randbelow(9)}1{secrets.randbelow(10)}"
     stem += f"{secrets.randbelow(1000):03d}"
     return next(stem + c for c in "0123456789X" if ric.is_valid(stem + c))
-
-
-async def _login(stores: Stores, phone: str, device: str = "phone-1") -> TokenPair:
-    vault = await stores.vault()
-    tag = vault.blind_index(phone, purpose="accounts.phone", normalize=normalize_phone)[:12].hex()
-    challenge, code = await otp.issue(
-        stores.redis, stores.settings, phone_tag=tag, purpose="login", ttl_seconds=300
-    )
-    request = LoginRequest(phone=phone, code=code, challenge_id=challenge, device=Device(id=device))
-    return await service.login(stores, request, f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.4")
-
-
-async def _verify(stores: Stores, account_id: UUID, name: str, id_number: str) -> None:
-    vault = await stores.vault()
-    async with stores.pool.acquire() as conn:
-        name_enc = await vault.encrypt(conn, name, table="accounts", column="name", row_id=account_id)
-        id_enc = await vault.encrypt(conn, id_number, table="accounts", column="id_number", row_id=account_id)
-        await conn.execute(
-            """UPDATE accounts SET name_enc = $2, name_masked = $3, id_number_enc = $4, id_number_bidx = $5,
-                      id_number_masked = $6, level = 2, real_name_at = now() WHERE id = $1""",
-            account_id,
-            name_enc,
-            mask_name(name),
-            id_enc,
-            vault.blind_index(id_number, purpose="accounts.id_number", normalize=normalize_id_number),
-            mask_id_number(id_number),
-        )
 
 
 async def _cli(*args: str) -> Result:
@@ -90,8 +62,8 @@ def _one_line_error(result: Result, text: str) -> None:
 
 async def test_show_is_masked_and_reveal_is_logged(stores: Stores) -> None:
     phone, name, id_number = _phone(), "李小龙", _id_number()
-    tokens = await _login(stores, phone, "pixel-7")
-    await _verify(stores, tokens.account_id, name, id_number)
+    tokens = await login_in_process(stores, phone, "pixel-7")
+    await verify_in_process(stores, tokens.account_id, name, id_number)
 
     for lookup in (
         ["--phone", phone],
@@ -123,7 +95,7 @@ async def test_show_is_masked_and_reveal_is_logged(stores: Stores) -> None:
 
 async def test_reveal_without_a_reason_is_refused_and_logs_nothing(stores: Stores) -> None:
     phone = _phone()
-    tokens = await _login(stores, phone)
+    tokens = await login_in_process(stores, phone)
     for args in (["--reveal"], ["--reveal", "--reason", "   "]):
         result = await _cli("users", "show", "--phone", phone, *args)
         _one_line_error(result, "--reveal needs --reason")
@@ -160,8 +132,8 @@ async def test_ban_ends_sessions_at_once_and_refuses_login_until_unban(
     stores: Stores, client: Client
 ) -> None:
     phone = _phone()
-    first = await _login(stores, phone, "phone-a")
-    second = await _login(stores, phone, "phone-b")
+    first = await login_in_process(stores, phone, "phone-a")
+    second = await login_in_process(stores, phone, "phone-b")
     headers = {"Authorization": f"Bearer {first.access_token}"}
     assert (await client.get("/v1/me/sessions", headers=headers)).status_code == 200
 
@@ -181,7 +153,7 @@ async def test_ban_ends_sessions_at_once_and_refuses_login_until_unban(
     refresh = await client.post("/v1/auth/refresh", json={"refresh_token": second.refresh_token})
     assert refresh.status_code == 401
     with pytest.raises(Forbidden) as refused:
-        await _login(stores, phone)
+        await login_in_process(stores, phone)
     assert refused.value.code == "account_banned"
     events = await stores.pool.fetch(
         "SELECT kind, actor FROM account_events WHERE account_id = $1 ORDER BY id", first.account_id
@@ -194,7 +166,7 @@ async def test_ban_ends_sessions_at_once_and_refuses_login_until_unban(
 
     unbanned = await _cli("users", "unban", str(first.account_id))
     assert unbanned.exit_code == 0 and "status active" in unbanned.output
-    again = await _login(stores, phone)
+    again = await login_in_process(stores, phone)
     assert again.account_id == first.account_id
     _one_line_error(await _cli("users", "unban", str(first.account_id)), "not banned")
 
@@ -202,7 +174,7 @@ async def test_ban_ends_sessions_at_once_and_refuses_login_until_unban(
 async def test_unban_returns_a_deleting_account_to_deleting(stores: Stores) -> None:
     from auth import rights
 
-    tokens = await _login(stores, _phone())
+    tokens = await login_in_process(stores, _phone())
     await rights.request_deletion(stores, tokens.account_id)
     assert (await _cli("users", "ban", str(tokens.account_id), "--reason", "r")).exit_code == 0
     unbanned = await _cli("users", "unban", str(tokens.account_id))
@@ -211,9 +183,9 @@ async def test_unban_returns_a_deleting_account_to_deleting(stores: Stores) -> N
 
 async def test_sessions_revoke_one_or_all(stores: Stores, client: Client) -> None:
     phone = _phone()
-    one = await _login(stores, phone, "a")
-    two = await _login(stores, phone, "b")
-    three = await _login(stores, phone, "c")
+    one = await login_in_process(stores, phone, "a")
+    two = await login_in_process(stores, phone, "b")
+    three = await login_in_process(stores, phone, "c")
 
     result = await _cli("sessions", "revoke", str(one.session_id))
     assert result.exit_code == 0, result.output
@@ -242,7 +214,7 @@ async def test_sessions_revoke_one_or_all(stores: Stores, client: Client) -> Non
 async def test_erase_due_command(stores: Stores) -> None:
     from auth import rights
 
-    tokens = await _login(stores, _phone())
+    tokens = await login_in_process(stores, _phone())
     await rights.request_deletion(stores, tokens.account_id)
     await stores.pool.execute(
         "UPDATE account_deletions SET due_at = now() - interval '1 second' WHERE account_id = $1",
@@ -258,7 +230,7 @@ async def test_erase_due_command(stores: Stores) -> None:
 
 async def test_audit_is_mounted(stores: Stores) -> None:
     phone = _phone()
-    tokens = await _login(stores, phone)
+    tokens = await login_in_process(stores, phone)
     reason = f"audit-{secrets.token_hex(3)}"
     await _cli("users", "show", "--phone", phone, "--reveal", "--reason", reason)
     audit = await _cli("audit", "pii", "--actor", ops_actor())
