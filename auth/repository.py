@@ -124,8 +124,12 @@ async def active_sessions(conn: Conn, account_id: UUID) -> list[asyncpg.Record]:
     return rows
 
 
-async def set_acting_enterprise(conn: Conn, session_id: UUID, enterprise_id: UUID | None) -> None:
-    await conn.execute("UPDATE sessions SET acting_enterprise = $2 WHERE id = $1", session_id, enterprise_id)
+async def revoked_since(conn: Conn, since: datetime) -> list[asyncpg.Record]:
+    """Sessions revoked after `since`, oldest first (for the processes' in-memory revocation sets)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id, revoked_at FROM sessions WHERE revoked_at > $1 ORDER BY revoked_at", since
+    )
+    return rows
 
 
 async def add_event(

@@ -14,7 +14,9 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from auth import repository
 from core import clock
+from core.db import connection
 from core.stores import Stores
 
 log = structlog.get_logger(__name__)
@@ -41,9 +43,8 @@ class RevocationSet:
 
     async def poll(self, stores: Stores) -> None:
         since = self._since or clock.now() - timedelta(seconds=self._keep)
-        rows = await stores.pool.fetch(
-            "SELECT id, revoked_at FROM sessions WHERE revoked_at > $1 ORDER BY revoked_at", since
-        )
+        async with connection(stores.pool, stores.settings) as conn:
+            rows = await repository.revoked_since(conn, since)
         for row in rows:
             self.add(str(row["id"]))
             since = max(since, row["revoked_at"])

@@ -212,11 +212,7 @@ async def _acting_enterprise(
 ) -> Enterprise | None:
     if enterprise_id is None:
         return None
-    role = await conn.fetchval(
-        "SELECT role FROM enterprise_members WHERE enterprise_id = $1 AND account_id = $2",
-        enterprise_id,
-        account_id,
-    )
+    role = await repository.member_role(conn, enterprise_id, account_id)
     return Enterprise(id=str(enterprise_id), role=role) if role else None
 
 
