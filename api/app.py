@@ -16,7 +16,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
-from api import enterprises, realname, rights
+from api import enterprises, inbox, miniapps, realname, rights, staff
 from api.auth import auth_router, jwks, me_router
 from api.bench import bench_router
 from api.deps import DEPENDENCIES
@@ -69,13 +69,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         realname.router,
         enterprises.router,
         rights.router,
+        inbox.router,
+        miniapps.router,
+        miniapps.catalog_router,
+        staff.router,
     ]
     if settings.bench_routes:
         route_handlers.append(bench_router)
 
     return Litestar(
         route_handlers=route_handlers,
-        lifespan=[lifespan],
+        lifespan=[lifespan, miniapps.catalog_lifespan],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_id_middleware, prometheus.middleware],

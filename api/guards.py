@@ -44,3 +44,24 @@ def citizen_level(level: int) -> Any:
 def claims_of(connection: ASGIConnection[Any, Any, Any, Any]) -> AccessClaims:
     claims: AccessClaims = connection.scope["state"][CLAIMS]
     return claims
+
+
+def staff(*roles: str) -> Any:
+    """A citizen's valid token AND, in the staff table, one of `roles` (platform_admin, reviewer,
+    health_authority); the roles are cached in the process for staff_cache_seconds."""
+    from miniapps.models import STAFF_ROLES
+    from miniapps.registry import staff_roles
+
+    wanted = frozenset(roles)
+    if not wanted or not wanted <= set(STAFF_ROLES):
+        raise ValueError(f"staff roles: one or more of {', '.join(STAFF_ROLES)}, got {sorted(wanted)}")
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        await citizen(connection, handler)
+        claims: AccessClaims = connection.scope["state"][CLAIMS]
+        held = await staff_roles(connection.app.state.stores, claims.account_id)
+        if not held & wanted:
+            raise Forbidden(f"this needs the staff role {' or '.join(sorted(wanted))}", code="not_staff")
+
+    guard.__name__ = "staff_" + "_".join(sorted(wanted))
+    return guard

@@ -21,6 +21,9 @@ PUBLIC_PATHS: frozenset[str] = frozenset(
         "/v1/auth/login",
         "/v1/auth/refresh",
         "/.well-known/jwks.json",
+        # Mini-app catalog: anonymous callers see released versions; a citizen's token adds their grey view.
+        "/v1/catalog",
+        "/v1/catalog/{appid:str}",
         # Bench reference routes (mounted only with TONGBAN_BENCH_ROUTES=true).
         "/v1/bench/hello",
         "/v1/bench/db",

@@ -524,3 +524,15 @@ async def has_active_consent(conn: Conn, subject_id: UUID, recipient: str, scope
         scope,
     )
     return found
+
+
+# --- for other capabilities: bulk lookups (health imports) --------------------------------------------
+
+
+async def account_ids_by_id_number_bidx(conn: Conn, indexes: list[bytes]) -> list[asyncpg.Record]:
+    """(id_number_bidx, id) of the accounts holding any of these ID-number blind indexes (erased accounts
+    hold none). One index probe per value through accounts_id_number."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id_number_bidx, id FROM accounts WHERE id_number_bidx = ANY($1::bytea[])", indexes
+    )
+    return rows

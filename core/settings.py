@@ -129,6 +129,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sandbox_enterprise_port: int = 8103
     enterprise_registry_timeout: float = 3.0
 
+    # mini-app registry
+    # Largest mini-app package accepted at upload, in bytes (WeChat allows 20 MiB for a whole package).
+    miniapp_package_max_bytes: int = 20 * 1024 * 1024
+    # Where the filesystem blob storage keeps packages; unset: <data_dir>/blobs.
+    miniapp_blob_dir: str | None = None
+    # Each API process reads the catalog generation this often and reloads its in-memory catalog when it
+    # moved: the fallback for a missed publish notification (Redis away).
+    miniapp_catalog_poll_seconds: float = 2.0
+    # How long a process trusts the staff roles it read: a revoke reaches every process within this.
+    staff_cache_seconds: float = 5.0
+
+    # mini-app ratings (好差评)
+    # Official holidays and make-up working days (调休) for rectification deadlines: a file of
+    # "YYYY-MM-DD holiday" / "YYYY-MM-DD workday" lines. Unset: only Saturdays and Sundays are days off.
+    miniapp_holidays_file: str | None = None
+    # Ratings one citizen may give per hour: each bad one opens a case its organisation must answer.
+    miniapp_ratings_per_hour: int = 20
+
 
 _FIELD_RE = re.compile(r"at `\$\.(\w+)`")
 

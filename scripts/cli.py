@@ -11,11 +11,15 @@ from scripts import (
     bench_cmd,
     db_cmd,
     demo,
+    health_cmd,
     keys_cmd,
+    miniapps_cmd,
+    pass_cmd,
     sandbox_cmd,
     serve,
     sessions_cmd,
     sms_cmd,
+    staff_cmd,
     users_cmd,
 )
 from scripts.common import console, fail, load_settings, stores_ready
@@ -32,6 +36,10 @@ app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(users_cmd.app, name="users")
 app.add_typer(sessions_cmd.app, name="sessions")
 app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(miniapps_cmd.app, name="miniapps")
+app.add_typer(staff_cmd.app, name="staff")
+app.add_typer(health_cmd.app, name="health")
+app.add_typer(pass_cmd.app, name="pass")
 
 
 @app.command("serve")

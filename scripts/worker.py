@@ -13,7 +13,7 @@ from core.stores import check_stores
 from scripts.common import fail
 
 # Capability modules whose @job declarations this worker runs (core's own jobs are always registered).
-JOB_MODULES: list[str] = ["auth.sms", "auth.rights"]
+JOB_MODULES: list[str] = ["auth.sms", "auth.rights", "health_code.jobs"]
 
 
 def load_job_modules() -> None:
