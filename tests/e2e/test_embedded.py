@@ -8,7 +8,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.server import running_server, tongban_env
+from tests.support.server import embedded_data_dir, running_server, tongban_env
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +23,11 @@ def _processes_using(path: Path) -> list[str]:
 
 
 def test_serve_without_urls_runs_on_embedded_stores(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+    with embedded_data_dir() as data_dir:
+        _serve_and_check(tmp_path, data_dir)
+
+
+def _serve_and_check(tmp_path: Path, data_dir: Path) -> None:
     env = tongban_env(
         TONGBAN_DATABASE_URL=None,
         TONGBAN_REDIS_URL=None,

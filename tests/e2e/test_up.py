@@ -12,18 +12,23 @@ import pytest
 
 from sandbox.providers import PROVIDERS
 from tests.support.auth import login
-from tests.support.server import ROOT, free_port, start, tongban_env, wait_ready
+from tests.support.server import ROOT, embedded_data_dir, free_port, start, tongban_env, wait_ready
 
 pytestmark = pytest.mark.e2e
 
 
 def test_up_serves_demo_data_and_logs_a_citizen_in(tmp_path: Path) -> None:
+    with embedded_data_dir() as data_dir:
+        _up_and_try(tmp_path, data_dir)
+
+
+def _up_and_try(tmp_path: Path, data_dir: Path) -> None:
     port = free_port()
     overrides: dict[str, str | None] = {
         "TONGBAN_DATABASE_URL": None,
         "TONGBAN_REDIS_URL": None,
         "TONGBAN_MASTER_KEY_FILE": None,
-        "TONGBAN_DATA_DIR": str(tmp_path / "data"),
+        "TONGBAN_DATA_DIR": str(data_dir),
     }
     for provider in PROVIDERS.values():
         provider_port = free_port()

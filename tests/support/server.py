@@ -99,3 +99,19 @@ def running_server(
         yield process
     finally:
         process.stop()
+
+
+@contextmanager
+def embedded_data_dir() -> Iterator[Path]:
+    """A fresh data dir for a process that starts embedded stores. Not under pytest's tmp_path: pytest resets
+    its base temp dir to mode 0700 whenever a session starts, which would lock out the unprivileged user the
+    embedded PostgreSQL runs as (when the tests run as root)."""
+    import secrets
+    import shutil
+
+    path = ROOT / ".tongban" / "test" / f"embedded-{secrets.token_hex(4)}"
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
