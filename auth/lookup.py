@@ -32,3 +32,12 @@ async def account_ids_by_id_number_index(
         for row in await repository.account_ids_by_id_number_bidx(conn, unique[start : start + LOOKUP_CHUNK]):
             found[bytes(row["id_number_bidx"])] = row["id"]
     return found
+
+
+async def masked_identity(conn: asyncpg.Connection, account_id: UUID) -> tuple[str, str] | None:
+    """(masked name, masked ID number) of a verified account, as GET /v1/me shows them (for the health
+    pass, which carries only these); None when the account has no verified identity (or is erased)."""
+    row = await repository.account_overview(conn, account_id)
+    if row is None or not row["name_masked"] or not row["id_number_masked"]:
+        return None
+    return row["name_masked"], row["id_number_masked"]

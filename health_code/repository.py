@@ -486,3 +486,484 @@ async def record_import(
         by,
         started_at,
     )
+
+
+# --- scans, venues, appeals (C2) ---------------------------------------------------------------------
+
+
+async def insert_checkpoint(conn: Conn, checkpoint_id: UUID, name: str, secret_hash: bytes) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        """INSERT INTO checkpoints (id, name, secret_hash, status) VALUES ($1, $2, $3, 'active')
+           RETURNING id, name, status, created_at""",
+        checkpoint_id,
+        name,
+        secret_hash,
+    )
+    return row
+
+
+async def checkpoint_secret(conn: Conn, checkpoint_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, name, secret_hash, status FROM checkpoints WHERE id = $1", checkpoint_id
+    )
+
+
+async def list_checkpoints(conn: Conn) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT c.id, c.name, c.status, c.created_at,
+                  (SELECT max(s.scanned_at) FROM scans s WHERE s.checkpoint_id = c.id) AS last_scan_at
+           FROM checkpoints c ORDER BY c.created_at, c.id"""
+    )
+    return rows
+
+
+async def set_checkpoint_status(conn: Conn, checkpoint_id: UUID, status: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "UPDATE checkpoints SET status = $2 WHERE id = $1 RETURNING id, name, status, created_at",
+        checkpoint_id,
+        status,
+    )
+
+
+async def insert_scans(conn: Conn, rows: Sequence[tuple[object, ...]]) -> None:
+    """One statement (so one commit) for a whole batch. Each row: (checkpoint_id, kid, rid, colour, valid,
+    reason, scanned_at)."""
+    columns = list(zip(*rows, strict=True))
+    await conn.execute(
+        """INSERT INTO scans (checkpoint_id, kid, rid, colour, valid, reason, scanned_at)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::text[],
+                                $7::timestamptz[])""",
+        *columns,
+    )
+
+
+async def scans_of_checkpoint(conn: Conn, checkpoint_id: UUID, *, limit: int) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT id, checkpoint_id, kid, rid, colour, valid, reason, scanned_at, recorded_at FROM scans
+           WHERE checkpoint_id = $1 ORDER BY scanned_at DESC, id DESC LIMIT $2""",
+        checkpoint_id,
+        limit,
+    )
+    return rows
+
+
+_VENUE_COLUMNS = "id, owner_account, name, region, address, status, created_at"
+
+
+async def insert_venue(
+    conn: Conn, venue_id: UUID, owner: UUID, name: str, region: str, address: str
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        f"""INSERT INTO venues (id, owner_account, name, region, address, status)
+            VALUES ($1, $2, $3, $4, $5, 'active') RETURNING {_VENUE_COLUMNS}""",  # noqa: S608
+        venue_id,
+        owner,
+        name,
+        region,
+        address,
+    )
+    return row
+
+
+async def venue(conn: Conn, venue_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {_VENUE_COLUMNS} FROM venues WHERE id = $1", venue_id)  # noqa: S608
+
+
+async def venues_of_owner(conn: Conn, owner: UUID) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {_VENUE_COLUMNS} FROM venues WHERE owner_account = $1 ORDER BY created_at, id",  # noqa: S608
+        owner,
+    )
+    return rows
+
+
+async def set_venue_status(conn: Conn, venue_id: UUID, status: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"UPDATE venues SET status = $2 WHERE id = $1 RETURNING {_VENUE_COLUMNS}",  # noqa: S608
+        venue_id,
+        status,
+    )
+
+
+_APPEAL_COLUMNS = "id, account_id, reason, status, decided_by, decision_note, created_at, decided_at"
+# Advisory lock class of "filing an appeal for this account" (with hashtext(account id) as the key).
+APPEAL_LOCK_CLASS = 4007
+
+
+async def lock_appeals_of(conn: Conn, account_id: UUID) -> None:
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))", APPEAL_LOCK_CLASS, account_id
+    )
+
+
+async def pending_appeal_of(conn: Conn, account_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_APPEAL_COLUMNS} FROM appeals WHERE account_id = $1 AND status = 'pending'",  # noqa: S608
+        account_id,
+    )
+
+
+async def insert_appeal(conn: Conn, appeal_id: UUID, account_id: UUID, reason: str) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        f"""INSERT INTO appeals (id, account_id, reason, status) VALUES ($1, $2, $3, 'pending')
+            RETURNING {_APPEAL_COLUMNS}""",  # noqa: S608
+        appeal_id,
+        account_id,
+        reason,
+    )
+    return row
+
+
+async def appeal_for_update(conn: Conn, appeal_id: UUID) -> asyncpg.Record | None:
+    query = f"SELECT {_APPEAL_COLUMNS} FROM appeals WHERE id = $1 FOR UPDATE"  # noqa: S608
+    return await conn.fetchrow(query, appeal_id)
+
+
+async def decide_appeal(
+    conn: Conn, appeal_id: UUID, status: str, decided_by: UUID | None, note: str | None
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        f"""UPDATE appeals SET status = $2, decided_by = $3, decision_note = $4, decided_at = now()
+            WHERE id = $1 RETURNING {_APPEAL_COLUMNS}""",  # noqa: S608
+        appeal_id,
+        status,
+        decided_by,
+        note,
+    )
+    return row
+
+
+async def appeals_by_status(conn: Conn, status: str | None, *, limit: int) -> list[asyncpg.Record]:
+    """Oldest first: the queue order."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""SELECT {_APPEAL_COLUMNS} FROM appeals WHERE ($1::text IS NULL OR status = $1)
+            ORDER BY created_at, id LIMIT $2""",  # noqa: S608
+        status,
+        limit,
+    )
+    return rows
+
+
+async def appeals_of_account(conn: Conn, account_id: UUID, *, limit: int) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""SELECT {_APPEAL_COLUMNS} FROM appeals WHERE account_id = $1
+            ORDER BY created_at DESC, id DESC LIMIT $2""",  # noqa: S608
+        account_id,
+        limit,
+    )
+    return rows
+
+
+# The venue signer's certificates (health_code.venues) live in app_meta under this prefix: the issuer's
+# pass_certificates holds the pass signers it retires together, which must not include them.
+TRUST_META_PREFIX = "health.trust."
+
+
+async def put_trust_record(conn: Conn, key: str, value_json: str) -> str | None:
+    """Store `value_json` under TRUST_META_PREFIX + key unless something is there already; returns the
+    stored value (the first writer wins, so processes racing to issue one certificate agree on it), or
+    None when another transaction stored one at the same moment (read it again)."""
+    stored: str | None = await conn.fetchval(
+        """WITH inserted AS (
+               INSERT INTO app_meta (key, value) VALUES ($1, $2::jsonb)
+               ON CONFLICT (key) DO NOTHING RETURNING value::text)
+           SELECT value FROM inserted
+           UNION ALL SELECT value::text FROM app_meta WHERE key = $1
+           LIMIT 1""",
+        TRUST_META_PREFIX + key,
+        value_json,
+    )
+    return stored
+
+
+async def trust_records(conn: Conn, kind: str) -> list[asyncpg.Record]:
+    """(key without the prefix, value as text) of every record of one kind (e.g. 'venue-signer.')."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT substr(key, $2) AS key, value::text AS value FROM app_meta
+           WHERE starts_with(key, $1) ORDER BY key""",
+        TRUST_META_PREFIX + kind,
+        len(TRUST_META_PREFIX) + 1,
+    )
+    return rows
+
+
+# --- issuance (C1) ---------------------------------------------------------------------------------------
+# Certificates of our root and signers, pass subjects, imported trust and published trust lists. Status
+# changes (health_status.changed_at) are read here too: they are what revokes older passes.
+
+_CERT_COLUMNS = (
+    "kid8, role, key_kid, province, der, pass_types, not_before, not_after, status, trusted_until, "
+    "created_at, retired_at"
+)
+# Advisory lock keys (pg_advisory_xact_lock(hashtextextended(name, 0))) of certificate issuance and of
+# publishing a trust list: one process at a time, across the cluster.
+ISSUANCE_LOCK = "tongban.pass_certificates"
+TRUST_LIST_LOCK = "tongban.pass_trust_lists"
+
+
+async def lock_named(conn: Conn, name: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", name)
+
+
+async def insert_certificate(
+    conn: Conn,
+    *,
+    kid8: bytes,
+    role: str,
+    key_kid: str,
+    province: str,
+    der: bytes,
+    pass_types: Sequence[str],
+    not_before: datetime,
+    not_after: datetime,
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        f"""INSERT INTO pass_certificates (kid8, role, key_kid, province, der, pass_types, not_before,
+                                           not_after, status)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active') RETURNING {_CERT_COLUMNS}""",  # noqa: S608
+        kid8,
+        role,
+        key_kid,
+        province,
+        der,
+        list(pass_types),
+        not_before,
+        not_after,
+    )
+    return row
+
+
+async def live_certificate(conn: Conn, role: str, key_kid: str) -> asyncpg.Record | None:
+    """The active certificate of the key store key `key_kid`."""
+    return await conn.fetchrow(
+        f"SELECT {_CERT_COLUMNS} FROM pass_certificates "  # noqa: S608
+        "WHERE role = $1 AND key_kid = $2 AND status = 'active'",
+        role,
+        key_kid,
+    )
+
+
+async def retire_certificates(
+    conn: Conn, role: str, *, keep_key_kid: str, trusted_for: float
+) -> list[asyncpg.Record]:
+    """Retire the role's active certificates of other keys than `keep_key_kid`; they stay trusted (in the
+    published list) for `trusted_for` seconds more, but never past their notAfter."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""UPDATE pass_certificates
+            SET status = 'retired', retired_at = now(),
+                trusted_until = least(not_after, now() + make_interval(secs => $3))
+            WHERE role = $1 AND status = 'active' AND key_kid <> $2
+            RETURNING {_CERT_COLUMNS}""",  # noqa: S608
+        role,
+        keep_key_kid,
+        trusted_for,
+    )
+    return rows
+
+
+async def retire_certificate(conn: Conn, kid8: bytes) -> None:
+    """Retire one certificate (renewed for the same key); it stays trusted until its notAfter."""
+    await conn.execute(
+        """UPDATE pass_certificates SET status = 'retired', retired_at = now(), trusted_until = not_after
+           WHERE kid8 = $1 AND status = 'active'""",
+        kid8,
+    )
+
+
+async def certificates(conn: Conn) -> list[asyncpg.Record]:
+    """Every certificate we made, roots first, newest first."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {_CERT_COLUMNS} FROM pass_certificates "  # noqa: S608
+        "ORDER BY role = 'root' DESC, created_at DESC"
+    )
+    return rows
+
+
+async def trusted_signers(conn: Conn) -> list[asyncpg.Record]:
+    """Our signer certificates verifiers should trust now: active ones, and retired ones whose passes may
+    still be valid."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""SELECT {_CERT_COLUMNS} FROM pass_certificates
+            WHERE role = 'signer' AND not_after > now()
+              AND (status = 'active' OR trusted_until > now())
+            ORDER BY created_at""",  # noqa: S608
+    )
+    return rows
+
+
+async def lock_status_shared(conn: Conn, account_id: UUID) -> None:
+    """Wait for a recompute of the account in flight (it holds the exclusive STATUS_LOCK_CLASS lock) and
+    keep it from starting until this transaction ends: a status read under this lock is the newest."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock_shared($2, hashtext($1::uuid::text))", account_id, STATUS_LOCK_CLASS
+    )
+
+
+async def subject_of(conn: Conn, account_id: UUID) -> str | None:
+    sub: str | None = await conn.fetchval("SELECT sub FROM pass_subjects WHERE account_id = $1", account_id)
+    return sub
+
+
+async def insert_subject(conn: Conn, account_id: UUID, sub: str) -> str:
+    """The account's subject: `sub` when it had none, else the one it has."""
+    stored: str | None = await conn.fetchval(
+        """INSERT INTO pass_subjects (account_id, sub) VALUES ($1, $2)
+           ON CONFLICT (account_id) DO NOTHING RETURNING sub""",
+        account_id,
+        sub,
+    )
+    if stored is None:  # another request gave the account its subject first (a new statement sees it)
+        stored = await subject_of(conn, account_id)
+    assert stored is not None
+    return stored
+
+
+# Status changes read back per account to place a revocation time (passes.revocation_cutoff).
+RECENT_CHANGES = 8
+
+
+async def status_changes_since(conn: Conn, since: datetime) -> list[asyncpg.Record]:
+    """(account_id, version, changed_at, sub, first_issued_at, recent_changes) of the statuses that changed
+    after `since` and after the account's first pass (no pass is older than a change before that: such a
+    change neither revokes nor makes a cached pass stale). recent_changes: the changed_at of the last
+    RECENT_CHANGES versions, oldest first (from the history, through its primary key)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT h.account_id, h.version, h.changed_at, s.sub, s.first_issued_at,
+                  ARRAY(SELECT r.changed_at FROM (
+                            SELECT y.version, y.changed_at FROM health_status_history y
+                            WHERE y.account_id = h.account_id AND y.version <= h.version
+                            ORDER BY y.version DESC LIMIT $2) r
+                        ORDER BY r.version) AS recent_changes
+           FROM health_status h JOIN pass_subjects s ON s.account_id = h.account_id
+           WHERE h.changed_at > $1 AND s.first_issued_at < h.changed_at""",
+        since,
+        RECENT_CHANGES,
+    )
+    return rows
+
+
+# Imported trust
+
+
+async def trust_source(conn: Conn, kind: str, issuer: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, kind, issuer, version, imported_at FROM pass_trust_sources WHERE kind = $1 AND issuer = $2",
+        kind,
+        issuer,
+    )
+
+
+async def replace_trust_source(
+    conn: Conn,
+    source_id: UUID,
+    *,
+    kind: str,
+    issuer: str,
+    version: int | None,
+    root_der: bytes | None,
+    file_sha256: bytes,
+    signature_checked: bool,
+    by: str,
+) -> UUID:
+    """Store a source (a new one, or the same kind and issuer again: its signers and revocations are
+    dropped, the caller inserts the new ones). Returns the source's id."""
+    stored: UUID = await conn.fetchval(
+        """INSERT INTO pass_trust_sources (id, kind, issuer, version, root_der, file_sha256,
+                                           signature_checked, imported_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (kind, issuer) DO UPDATE SET
+               version = EXCLUDED.version, root_der = EXCLUDED.root_der, file_sha256 = EXCLUDED.file_sha256,
+               signature_checked = EXCLUDED.signature_checked, imported_by = EXCLUDED.imported_by,
+               imported_at = now()
+           RETURNING id""",
+        source_id,
+        kind,
+        issuer,
+        version,
+        root_der,
+        file_sha256,
+        signature_checked,
+        by,
+    )
+    await conn.execute("DELETE FROM pass_trust_signers WHERE source_id = $1", stored)
+    await conn.execute("DELETE FROM pass_trust_revocations WHERE source_id = $1", stored)
+    return stored
+
+
+async def insert_trust_signers(
+    conn: Conn, source_id: UUID, signers: Iterable[tuple[bytes, str | None, bytes]]
+) -> None:
+    """(kid, region, der) rows."""
+    await conn.executemany(
+        "INSERT INTO pass_trust_signers (source_id, kid, region, der) VALUES ($1, $2, $3, $4)",
+        [(source_id, kid, region, der) for kid, region, der in signers],
+    )
+
+
+async def insert_trust_revocations(conn: Conn, source_id: UUID, entries: Iterable[str]) -> None:
+    await conn.executemany(
+        "INSERT INTO pass_trust_revocations (source_id, entry) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        [(source_id, entry) for entry in entries],
+    )
+
+
+async def bump_trust_generation(conn: Conn) -> int:
+    generation: int = await conn.fetchval(
+        "UPDATE pass_trust_state SET generation = generation + 1, updated_at = now() RETURNING generation"
+    )
+    return generation
+
+
+async def trust_generation(conn: Conn) -> int:
+    generation: int = await conn.fetchval("SELECT generation FROM pass_trust_state")
+    return generation
+
+
+async def trust_sources(conn: Conn) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT s.id, s.kind, s.issuer, s.version, s.signature_checked, s.imported_by, s.imported_at,
+                  (SELECT count(*) FROM pass_trust_signers g WHERE g.source_id = s.id) AS signers,
+                  (SELECT count(*) FROM pass_trust_revocations r WHERE r.source_id = s.id) AS revocations
+           FROM pass_trust_sources s ORDER BY s.kind, s.issuer"""
+    )
+    return rows
+
+
+async def imported_signers(conn: Conn) -> list[asyncpg.Record]:
+    """(kind, issuer, kid, region, der) of every imported signer."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT s.kind, s.issuer, g.kid, g.region, g.der
+           FROM pass_trust_signers g JOIN pass_trust_sources s ON s.id = g.source_id
+           ORDER BY s.kind, s.issuer, g.id"""
+    )
+    return rows
+
+
+async def imported_revocations(conn: Conn) -> list[str]:
+    rows = await conn.fetch("SELECT DISTINCT entry FROM pass_trust_revocations")
+    return [row["entry"] for row in rows]
+
+
+# Published trust lists
+
+
+async def latest_trust_list(conn: Conn) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT version, generated_at, document FROM pass_trust_lists ORDER BY version DESC LIMIT 1"
+    )
+
+
+async def insert_trust_list(conn: Conn, version: int, generated_at: datetime, document: bytes) -> None:
+    await conn.execute(
+        "INSERT INTO pass_trust_lists (version, generated_at, document) VALUES ($1, $2, $3)",
+        version,
+        generated_at,
+        document,
+    )
+
+
+async def prune_trust_lists(conn: Conn, keep: int) -> None:
+    """Keep the newest `keep` published lists."""
+    await conn.execute(
+        "DELETE FROM pass_trust_lists WHERE version <= (SELECT max(version) FROM pass_trust_lists) - $1", keep
+    )

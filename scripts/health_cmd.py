@@ -27,6 +27,7 @@ from core.stores import Stores
 from health_code import imports, status
 from health_code.imports import ImportResult, Kind
 from health_code.rules import Colour, PositiveTest, RiskTrip, Rule, RuleFileError, RuleSet, load_rules
+from scripts import appeals_cmd
 from scripts.common import console, fail, with_stores
 from scripts.users_cmd import ops_actor, parse_id
 
@@ -35,6 +36,7 @@ rules_app = typer.Typer(help="Rule files: check, activate, show.", no_args_is_he
 import_app = typer.Typer(help="Bulk CSV imports of rule inputs.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 app.add_typer(import_app, name="import")
+app.add_typer(appeals_cmd.app, name="appeals")
 T = TypeVar("T")
 
 
