@@ -16,7 +16,19 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
-from api import enterprises, inbox, miniapps, realname, rights, staff
+from api import (
+    checkpoints,
+    enterprises,
+    health_pass,
+    inbox,
+    miniapp_login,
+    miniapps,
+    ratings,
+    realname,
+    rights,
+    sdk,
+    staff,
+)
 from api.auth import auth_router, jwks, me_router
 from api.bench import bench_router
 from api.deps import DEPENDENCIES
@@ -73,13 +85,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
         miniapps.router,
         miniapps.catalog_router,
         staff.router,
+        checkpoints.router,
+        health_pass.router,
+        ratings.router,
+        sdk.router,
+        miniapp_login.router,
     ]
     if settings.bench_routes:
         route_handlers.append(bench_router)
 
     return Litestar(
         route_handlers=route_handlers,
-        lifespan=[lifespan, miniapps.catalog_lifespan],
+        lifespan=[lifespan, miniapps.catalog_lifespan, health_pass.lifespan, checkpoints.scans_lifespan],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_id_middleware, prometheus.middleware],

@@ -65,3 +65,21 @@ def staff(*roles: str) -> Any:
 
     guard.__name__ = "staff_" + "_".join(sorted(wanted))
     return guard
+
+
+CHECKPOINT = "checkpoint"
+
+
+async def checkpoint(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+    """A checkpoint's credentials (Bearer cp_<id>.<secret>, or Basic id:secret), checked against a short
+    per-process cache; the checkpoint is put on the connection for the handler."""
+    from health_code.checkpoints import authenticate as authenticate_checkpoint
+
+    stores: Stores = connection.app.state.stores
+    principal = await authenticate_checkpoint(stores, connection.headers.get("authorization"))
+    connection.scope["state"][CHECKPOINT] = principal
+
+
+def checkpoint_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Any:
+    """The CheckpointPrincipal the checkpoint guard put on the connection."""
+    return connection.scope["state"][CHECKPOINT]

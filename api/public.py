@@ -24,6 +24,13 @@ PUBLIC_PATHS: frozenset[str] = frozenset(
         # Mini-app catalog: anonymous callers see released versions; a citizen's token adds their grey view.
         "/v1/catalog",
         "/v1/catalog/{appid:str}",
+        # Mini-app SDK (WeChat-compatible): these authenticate by appid + AppSecret in the request itself.
+        "/cgi-bin/token",
+        "/cgi-bin/stable_token",
+        "/sns/jscode2session",
+        # Health pass: our signed trust list and its root, for checkpoints and other provinces.
+        "/v1/trust-list",
+        "/v1/trust-list/root.pem",
         # Bench reference routes (mounted only with TONGBAN_BENCH_ROUTES=true).
         "/v1/bench/hello",
         "/v1/bench/db",

@@ -474,3 +474,62 @@ async def revoke_account_sessions_as(stores: Stores, account_id: UUID, actor: st
         if await repository.account_by_id(conn, account_id) is None:
             raise NotFound("no such account")
     return await service.revoke_all_sessions(stores, account_id, "revoked_by_ops", actor)
+
+
+# --- disclosure to a recipient the holder consented to (mini-apps) -----------------------------------------
+
+DisclosedField = Literal["phone", "name", "id_number", "id_number_masked"]
+
+
+async def disclose(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    account_id: UUID,
+    field: DisclosedField,
+    *,
+    actor: str,
+    reason: str,
+) -> str | None:
+    """One field of an active account, for a recipient whose consent the caller checked in this same
+    transaction: decrypted through the vault (one PII access-log row naming `actor`), or the stored masked
+    form for id_number_masked. None when the account is not active or never had the value."""
+    account = await repository.account_by_id(conn, account_id)
+    if account is None or account["status"] != "active":
+        return None
+    if field == "id_number_masked":
+        masked: str | None = account["id_number_masked"]
+        return masked
+    return await _decrypt(vault, conn, account, field, actor, reason)
+
+
+async def identity_matches(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    account_id: UUID,
+    name: str,
+    id_number: str,
+    *,
+    actor: str,
+    reason: str,
+) -> bool | None:
+    """Whether the account's verified identity is this name and ID number, revealing neither: the ID number
+    is compared by blind index (nothing decrypted), the name is decrypted (and logged) only when that
+    matched. None when the account is not active or has no verified identity."""
+    from auth.realname import normalize_real_name
+
+    account = await repository.identity_of(conn, account_id)
+    if account is None or account["status"] != "active" or account["id_number_bidx"] is None:
+        return None
+    wanted = vault.blind_index(id_number, purpose=ID_NUMBER_INDEX, normalize=normalize_id_number)
+    if bytes(account["id_number_bidx"]) != wanted:
+        return False
+    stored = await vault.decrypt(
+        conn,
+        account["name_enc"],
+        table=TABLE,
+        column=NAME_COLUMN,
+        row_id=account_id,
+        actor=actor,
+        reason=reason,
+    )
+    return normalize_real_name(stored) == normalize_real_name(name)

@@ -112,6 +112,128 @@ async def catalog_citizen(ctx: SetupContext) -> Mapping[str, str]:
     return await citizen_token(ctx)
 
 
+# Login codes are single use: enough for a warm-up and a 15 s run at well over hello's rate.
+JSCODE2SESSION_CODES = 150_000
+
+
+def _write_codes(codes_file: Path, codes: list[str]) -> None:
+    codes_file.parent.mkdir(parents=True, exist_ok=True)
+    codes_file.write_text("\n".join(codes) + "\n")
+    # The script's resume point (where the previous wrk run stopped): new codes start from the top.
+    Path(f"{codes_file}.next").unlink(missing_ok=True)
+
+
+async def jscode2session_codes(ctx: SetupContext) -> Mapping[str, str]:
+    """A published app with a known AppSecret, a logged-in citizen and JSCODE2SESSION_CODES login codes of
+    theirs for it, written to a file that lua/jscode2session.lua walks through (a code per request)."""
+    import asyncio
+    from uuid import UUID
+
+    from auth.service import issue_login_code
+    from core.db import transaction
+    from core.settings import load_settings
+    from core.stores import close_stores, open_stores
+    from miniapps import catalog, registry, repository, sdk
+
+    stores = await open_stores(load_settings(dict(ctx.server_env)))
+    try:
+        phone = "13800000001"
+        challenge_id, code = await issue_login_code(stores, phone)
+        login = await ctx.client.post(
+            "/v1/auth/login",
+            json={"phone": phone, "code": code, "challenge_id": challenge_id, "device": {"id": "bench"}},
+        )
+        login.raise_for_status()
+        account_id = login.json()["account_id"]
+        organisation = "Bench SDK 数据中心"
+        await catalog.seed_catalog(
+            stores, organisation=organisation, apps=1, grey_every=0, first_number=90_000
+        )
+        secret = registry.new_app_secret()
+        async with transaction(stores.pool, stores.settings) as conn:
+            org = await repository.organisation_by_name(conn, organisation)
+            assert org is not None
+            [app] = await repository.apps_of_organisation(conn, org["id"])
+            await repository.set_app_secret(conn, app["appid"], registry.hash_secret(app["appid"], secret))
+        codes = await sdk.issue_login_codes_unchecked(
+            stores, UUID(account_id), app["appid"], org["id"], JSCODE2SESSION_CODES
+        )
+    finally:
+        await close_stores(stores)
+    codes_file = Path(ctx.server_env.get("TONGBAN_DATA_DIR", ".")) / "bench-jscode2session-codes.txt"
+    await asyncio.to_thread(_write_codes, codes_file, codes)
+    return {"BENCH_CODES_FILE": str(codes_file), "BENCH_APPID": app["appid"], "BENCH_SECRET": secret}
+
+
+# The bench citizen's verified identity (a valid GB 11643 number, nobody's).
+PASS_CITIZEN = {"phone": "13800000000", "name": "张三", "id_number": "210102199001011237"}
+
+
+async def pass_citizen(ctx: SetupContext) -> Mapping[str, str]:
+    """The bench citizen made L2 (real name stored as a verification would), logged in again for an L2
+    token, and its pass shown once, so wrk measures what a phone refreshing its pass costs."""
+    from auth.realname import store_identity
+    from auth.service import issue_login_code
+    from auth.tokens import authenticate
+    from core.db import transaction
+    from core.settings import load_settings
+    from core.stores import close_stores, open_stores
+
+    first = (await citizen_token(ctx))["BENCH_TOKEN"]
+    stores = await open_stores(load_settings(dict(ctx.server_env)))
+    try:
+        account_id = (await authenticate(stores, first)).account_id
+        vault = await stores.vault()
+        async with transaction(stores.pool, stores.settings) as conn:
+            await store_identity(conn, vault, account_id, PASS_CITIZEN["name"], PASS_CITIZEN["id_number"])
+        challenge_id, code = await issue_login_code(stores, PASS_CITIZEN["phone"])
+    finally:
+        await close_stores(stores)
+    answer = await ctx.client.post(
+        "/v1/auth/login",
+        json={
+            "phone": PASS_CITIZEN["phone"],
+            "code": code,
+            "challenge_id": challenge_id,
+            "device": {"id": "bench"},
+        },
+    )
+    answer.raise_for_status()
+    token = answer.json()["access_token"]
+    shown = await ctx.client.get("/v1/health-pass", headers={"Authorization": f"Bearer {token}"})
+    shown.raise_for_status()
+    return {"BENCH_TOKEN": token}
+
+
+async def checkpoint_scan(ctx: SetupContext) -> Mapping[str, str]:
+    """A checkpoint (its credentials as the bearer token) and a valid pass to scan: the bench citizen's own,
+    issued by the server (see pass_citizen). Every scan is verified and recorded (group commit)."""
+    import json
+
+    from core.db import connection
+    from core.settings import load_settings
+    from core.stores import close_stores, open_stores
+    from health_code.checkpoints import bearer_token, create_checkpoint
+
+    citizen = (await pass_citizen(ctx))["BENCH_TOKEN"]
+    shown = await ctx.client.get("/v1/health-pass", headers={"Authorization": f"Bearer {citizen}"})
+    shown.raise_for_status()
+    body = json.dumps({"payload": shown.json()["payload"]})
+    stores = await open_stores(load_settings(dict(ctx.server_env)))
+    try:
+        async with connection(stores.pool, stores.settings) as conn:
+            made = await create_checkpoint(conn, "bench checkpoint")
+    finally:
+        await close_stores(stores)
+    token = bearer_token(made.checkpoint.id, made.secret)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    answer = await ctx.client.post("/v1/checkpoints/scans", content=body, headers=headers)
+    answer.raise_for_status()
+    if not answer.json()["valid"]:
+        raise RuntimeError(f"the bench pass does not verify: {answer.json()['reason']}")
+    return {"BENCH_TOKEN": token, "BENCH_BODY": body}
+
+
 ROUTES: tuple[BenchRoute, ...] = (
     BenchRoute(HELLO, "GET", "/v1/bench/hello", what="framework ceiling: routing, middleware, JSON, no I/O"),
     BenchRoute(
@@ -133,6 +255,31 @@ ROUTES: tuple[BenchRoute, ...] = (
         target_ratio=0.60,
         setup=catalog_citizen,
         what="a citizen's first catalog page of 5,400 apps with their grey view, from memory, no I/O",
+    ),
+    BenchRoute(
+        "jscode2session",
+        "GET",
+        "/sns/jscode2session",
+        target_ratio=0.40,
+        script="jscode2session.lua",
+        setup=jscode2session_codes,
+        what="a mini-app server's login: AppSecret check and a single-use login code, one Redis call",
+    ),
+    BenchRoute(
+        "pass-display",
+        "GET",
+        "/v1/health-pass",
+        target_ratio=0.50,
+        setup=pass_citizen,
+        what="an L2 citizen showing the health pass: token check and the pass from the process cache, no I/O",
+    ),
+    BenchRoute(
+        "scan",
+        "POST",
+        "/v1/checkpoints/scans",
+        target_ratio=0.35,
+        setup=checkpoint_scan,
+        what="a checkpoint scan: credentials from cache, verify() (ES256), the scan recorded by group commit",
     ),
 )
 

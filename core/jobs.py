@@ -4,7 +4,9 @@ A service writes an outbox row in its own transaction (enqueue_in_tx); the relay
 arq, whose job id is the outbox job_id, so a second enqueue of the same row is a no-op; the worker runs the
 job with the process's Stores. Delivery is at least once: jobs must be idempotent.
 
-arq is maintenance-only upstream, so it stays behind this module: capabilities only use `job`,
+Periodic jobs (`periodic`) run at fixed times on the clock, once per tick however many workers are up.
+
+arq is maintenance-only upstream, so it stays behind this module: capabilities only use `job`, `periodic`,
 `enqueue_in_tx` and `PermanentJobError`.
 
 Nothing here logs a payload: job name, job id, try and exception type only.
@@ -27,6 +29,7 @@ import asyncpg
 import msgspec
 import structlog
 from arq.connections import ArqRedis
+from arq.cron import CronJob, cron
 from arq.worker import Function, Retry, Worker, func
 from redis.asyncio import ConnectionPool
 
@@ -115,6 +118,63 @@ def job(name: str, *, max_tries: int | None = None, timeout: float | None = None
 
 def registered_jobs() -> dict[str, JobSpec]:
     return dict(_REGISTRY)
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicSpec:
+    name: str
+    func: Callable[[Stores], Awaitable[None]]
+    every_seconds: int
+    timeout: float | None
+
+
+_PERIODIC: dict[str, PeriodicSpec] = {}
+P = TypeVar("P", bound=Callable[[Stores], Awaitable[None]])
+
+
+def _schedule(every_seconds: int) -> dict[str, Any]:
+    """arq cron fields for "every N seconds at fixed times on the clock" (N divides a minute or an hour)."""
+    if 0 < every_seconds < 60 and 60 % every_seconds == 0:
+        return {"second": set(range(0, 60, every_seconds))}
+    if every_seconds > 0 and every_seconds % 60 == 0 and 3600 % every_seconds == 0:
+        return {"minute": set(range(0, 60, every_seconds // 60)), "second": 0}
+    raise ValueError(
+        f"every_seconds: a divisor of 60, or whole minutes dividing an hour, got {every_seconds}"
+    )
+
+
+def periodic(name: str, *, every_seconds: int, timeout: float | None = None) -> Callable[[P], P]:
+    """Register `async def f(stores: Stores) -> None` to run every `every_seconds` at fixed times on the clock
+    (300: at :00, :05, :10, ... past each hour).
+
+    Each tick runs once however many workers are up: every worker enqueues it under the same job id (name and
+    tick time) and the queue ignores a job id it holds. A failed run is logged and not retried (the next
+    tick is the retry), and ticks while no worker runs are skipped, so `f` must be idempotent and catch up
+    by itself.
+    """
+    if not _JOB_NAME.match(name):
+        raise ValueError(f"job name {name!r}: expected dotted lower-case words, e.g. 'miniapps.rollup'")
+    _schedule(every_seconds)
+
+    def register(function: P) -> P:
+        declared = function  # kept as P: the check below narrows `function`
+        if not inspect.iscoroutinefunction(function):
+            raise TypeError(f"periodic job {name}: {function.__qualname__} must be an async function")
+        existing = _PERIODIC.get(name)
+        if name in _REGISTRY or (
+            existing is not None
+            and (existing.func.__module__, existing.func.__qualname__)
+            != (function.__module__, function.__qualname__)
+        ):
+            raise ValueError(f"job {name} is already registered")
+        _PERIODIC[name] = PeriodicSpec(name, function, every_seconds, timeout)
+        return declared
+
+    return register
+
+
+def registered_periodic() -> dict[str, PeriodicSpec]:
+    return dict(_PERIODIC)
 
 
 # --- payloads and arq's own records ----------------------------------------------------------------
@@ -428,6 +488,37 @@ def _arq_function(spec: JobSpec, settings: Settings) -> Function:
     return func(run, name=spec.name, max_tries=max_tries, timeout=timeout + 5)
 
 
+def _arq_cron(spec: PeriodicSpec, settings: Settings) -> CronJob:
+    timeout = spec.timeout or settings.jobs_timeout
+
+    async def run(ctx: dict[Any, Any]) -> None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                await spec.func(ctx["stores"])
+        except Exception as exc:
+            log.error("job.failed", job=spec.name, job_id=ctx["job_id"], tries=1, exc_type=type(exc).__name__)
+            raise JobFailed(f"{spec.name} failed") from None
+        log.info(
+            "job.done",
+            job=spec.name,
+            job_id=ctx["job_id"],
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    # The finished tick's record is what makes a late worker's enqueue of the same tick a no-op: keep it a
+    # while past the tick.
+    return cron(
+        run,
+        name=spec.name,
+        unique=True,
+        timeout=timeout + 5,
+        max_tries=1,
+        keep_result=max(60, 2 * spec.every_seconds),
+        **_schedule(spec.every_seconds),
+    )
+
+
 class _Worker(Worker):
     """arq's worker, made to ride out Redis outages instead of exiting on the first error."""
 
@@ -486,7 +577,13 @@ def create_worker(
             stop = asyncio.Event()
             ctx["relay_stop"] = stop
             ctx["relay_task"] = asyncio.create_task(run_relay(ctx["stores"], ctx["redis"], stop))
-        log.info("worker.started", queue=QUEUE_NAME, jobs=sorted(_REGISTRY), relay=relay)
+        log.info(
+            "worker.started",
+            queue=QUEUE_NAME,
+            jobs=sorted(_REGISTRY),
+            periodic=sorted(_PERIODIC),
+            relay=relay,
+        )
 
     async def on_shutdown(ctx: dict[Any, Any]) -> None:
         task: asyncio.Task[None] | None = ctx.pop("relay_task", None)
@@ -503,6 +600,7 @@ def create_worker(
 
     return _Worker(
         [_arq_function(spec, settings) for spec in _REGISTRY.values()],
+        cron_jobs=[_arq_cron(spec, settings) for spec in _PERIODIC.values()],
         queue_name=QUEUE_NAME,
         redis_pool=queue if queue is not None else open_queue(settings),
         burst=burst,

@@ -147,6 +147,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Ratings one citizen may give per hour: each bad one opens a case its organisation must answer.
     miniapp_ratings_per_hour: int = 20
 
+    # health pass
+    # The issuing province (ISO 3166-2): the passes' iss claim, our certificates' and trust list's issuer.
+    health_pass_province: str = "CN-LN"  # noqa: S105 (a province code, not a password)
+    # How long a pass is valid; it is signed again this long before it expires (a shown pass always has
+    # at least this much left). Offline checkpoints may accept a pass until its exp, whatever changed.
+    health_pass_ttl_seconds: int = 24 * 3600
+    health_pass_refresh_seconds: int = 3600
+    # Validity of a document-signer certificate (`tongban health signer rotate` well before it ends).
+    health_pass_signer_days: int = 365
+    # API processes look for status changes and trust imports this often (the fallback for a missed
+    # "health:status" message; also how fast online verification learns a revocation without one).
+    health_pass_poll_seconds: float = 2.0
+    # A new trust list (GET /v1/trust-list) is signed at most this often.
+    health_trust_list_seconds: float = 60.0
+
 
 _FIELD_RE = re.compile(r"at `\$\.(\w+)`")
 
@@ -183,6 +198,12 @@ def _from_environ(environ: dict[str, str]) -> Settings:
             raise SettingsError("TONGBAN_MASTER_KEY: required (or TONGBAN_MASTER_KEY_FILE) in production")
     if settings.db_pool_min > settings.db_pool_max:
         raise SettingsError("TONGBAN_DB_POOL_MIN: must not exceed TONGBAN_DB_POOL_MAX")
+    if not re.fullmatch(r"[A-Z]{2}-[A-Z0-9]{1,3}", settings.health_pass_province):
+        raise SettingsError("TONGBAN_HEALTH_PASS_PROVINCE: an ISO 3166-2 code such as CN-LN")
+    if not 0 < settings.health_pass_refresh_seconds < settings.health_pass_ttl_seconds:
+        raise SettingsError(
+            "TONGBAN_HEALTH_PASS_REFRESH_SECONDS: above 0 and below TONGBAN_HEALTH_PASS_TTL_SECONDS"
+        )
     return settings
 
 

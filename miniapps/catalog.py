@@ -48,7 +48,7 @@ from core import ids
 from core.db import connection, transaction
 from core.errors import Conflict, InvalidInput, NotFound
 from core.stores import Stores
-from miniapps import repository
+from miniapps import analytics, repository
 from miniapps.models import CatalogItem, OrganisationRef
 
 log = structlog.get_logger(__name__)
@@ -519,6 +519,7 @@ async def record_recent(stores: Stores, account_id: UUID, appid: str) -> None:
         raise _app_not_found()
     async with transaction(stores.pool, stores.settings) as conn:
         await repository.touch_recent(conn, account_id, appid, RECENT_KEEP)
+    await analytics.record_visit(stores.redis, appid, account_id)
 
 
 async def recent(stores: Stores, account_id: UUID) -> bytes:
@@ -579,10 +580,17 @@ _SEED_TOPICS = (
 
 
 async def seed_catalog(
-    stores: Stores, *, organisation: str, apps: int, grey_every: int = 50, grey_percent: int = 10
+    stores: Stores,
+    *,
+    organisation: str,
+    apps: int,
+    grey_every: int = 50,
+    grey_percent: int = 10,
+    first_number: int = 0,
 ) -> int:
     """Published apps for benchmarks and demos, by COPY, owned by `organisation` (made if missing): each
     with a released 1.0.0, and every `grey_every`-th also a 1.1.0 in grey. Packages are not stored.
+    App names are unique platform-wide, so seeds for several organisations number from `first_number`.
     Does nothing when the organisation has apps already; returns how many apps it made."""
     async with transaction(stores.pool, stores.settings) as conn:
         org = await repository.organisation_by_name(conn, organisation)
@@ -598,7 +606,7 @@ async def seed_catalog(
         uploader = ids.new_id()
         now = datetime.now(UTC)
         manifest = '{"version": "1.0.0", "pages": ["pages/index"], "min_level": 1}'
-        for number in range(apps):
+        for number in range(first_number, first_number + apps):
             appid = "tb" + secrets.token_hex(8)
             topic = _SEED_TOPICS[number % len(_SEED_TOPICS)]
             app_rows.append(

@@ -66,7 +66,8 @@ _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEY_RE = re.compile(r"at `key` in `\$\.?([^`]*)`")
 _MISSING_RE = re.compile(r"missing required field `([^`]+)`")
-_UNKNOWN_RE = re.compile(r"unknown field `([^`]+)`")
+# The unknown name is the sender's and may itself hold backticks: take everything up to the closing one.
+_UNKNOWN_RE = re.compile(r"unknown field `(.+?)`(?= - at `|$)")
 
 Who = Literal["develop", "operate", "review", "platform"]
 

@@ -9,6 +9,7 @@ from core.migrate import head
 from scripts import (
     audit_cmd,
     bench_cmd,
+    checkpoints_cmd,
     db_cmd,
     demo,
     health_cmd,
@@ -20,6 +21,7 @@ from scripts import (
     sessions_cmd,
     sms_cmd,
     staff_cmd,
+    trust_cmd,
     users_cmd,
 )
 from scripts.common import console, fail, load_settings, stores_ready
@@ -40,6 +42,9 @@ app.add_typer(miniapps_cmd.app, name="miniapps")
 app.add_typer(staff_cmd.app, name="staff")
 app.add_typer(health_cmd.app, name="health")
 app.add_typer(pass_cmd.app, name="pass")
+app.add_typer(checkpoints_cmd.app, name="checkpoints")
+app.add_typer(trust_cmd.app, name="trust")
+health_cmd.app.add_typer(trust_cmd.signer_app, name="signer")
 
 
 @app.command("serve")

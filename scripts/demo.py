@@ -70,6 +70,17 @@ DEMO_STEPS.append(("demo citizen 张三 (L2)", _demo_citizen))
 DEMO_STEPS.append(("sandbox registry records", _sandbox_registries))
 
 
+async def _demo_health_pass(stores: Stores) -> None:
+    """张三's status (green under the default rules) signed as a pass and cached, and our certificates."""
+    from auth.demo import ensure_demo_citizen
+    from health_code.passes import show_pass
+
+    await show_pass(stores, await ensure_demo_citizen(stores))
+
+
+DEMO_STEPS.append(("health pass of 张三 (green)", _demo_health_pass))
+
+
 async def seed(stores: Stores) -> None:
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task("seeding demo data", total=len(DEMO_STEPS))

@@ -3,6 +3,7 @@ statistics, from the ops console."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 from uuid import UUID
 
@@ -10,9 +11,10 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from core import clock
 from core.clock import for_display
 from core.stores import Stores
-from miniapps import registry, versions
+from miniapps import analytics, ratings, registry, versions
 from miniapps.models import (
     Actor,
     AppView,
@@ -25,7 +27,7 @@ from miniapps.models import (
 from scripts.common import console, fail
 from scripts.users_cmd import ops_actor, parse_id, run
 
-app = typer.Typer(help="Mini-apps: review, organisations, freezes.", no_args_is_help=True)
+app = typer.Typer(help="Mini-apps: review, organisations, freezes, ratings and visits.", no_args_is_help=True)
 review_app = typer.Typer(help="The review queue: list, approve, reject.", no_args_is_help=True)
 orgs_app = typer.Typer(help="Organisations: create, list.", no_args_is_help=True)
 app.add_typer(review_app, name="review")
@@ -34,7 +36,7 @@ app.add_typer(orgs_app, name="orgs")
 
 @app.callback()
 def miniapps() -> None:
-    """Mini-apps: review queue, organisations, platform freezes."""
+    """Mini-apps: review queue, organisations, platform freezes, ratings and visits."""
 
 
 def _size(size: int) -> str:
@@ -165,3 +167,117 @@ def unfreeze_command(appid: str = typer.Argument(...)) -> None:
     """Lift a freeze (a platform's or an organisation's)."""
     view = _freeze(appid, False, None)
     console.print(f"{view.appid} ({view.name}) unfrozen")
+
+
+# --- ratings and analytics ---------------------------------------------------------------------------------
+
+
+@app.command("cases")
+def cases_command(
+    overdue: bool = typer.Option(False, "--overdue", help="only cases past their due day"),
+    limit: int = typer.Option(1000, "--limit", min=1, max=ratings.MAX_CASES),
+) -> None:
+    """Open rectification cases (好差评), earliest due first."""
+
+    async def load(stores: Stores) -> list[ratings.CaseView]:
+        return await ratings.open_cases(stores, overdue_only=overdue, limit=limit)
+
+    cases = run(load)
+    today = ratings.local_day(clock.now())
+    title = "overdue rectification cases" if overdue else "open rectification cases"
+    table = Table(title=title, caption=f"{len(cases)} open, days and times Asia/Shanghai")
+    for column in (
+        "case id",
+        "app",
+        "appid",
+        "organisation",
+        "level",
+        "transaction",
+        "opened",
+        "due",
+        "late",
+    ):
+        table.add_column(column, overflow="fold")
+    for case in cases:
+        late = (today - case.due_on).days if case.overdue else 0
+        table.add_row(
+            Text(str(case.id)),
+            Text(case.app_name),
+            Text(case.appid),
+            Text(case.organisation_name),
+            Text(case.level),
+            Text(case.transaction_id),
+            Text(for_display(case.opened_at)),
+            Text(case.due_on.isoformat()),
+            Text(f"{late} days", style="bold red") if late else Text("-"),
+        )
+    console.print(table)
+
+
+@app.command("stats")
+def stats_command(
+    appid: str = typer.Argument(...),
+    days: int = typer.Option(14, "--days", min=1, max=analytics.MAX_DAYS, help="visits of the last N days"),
+) -> None:
+    """The app's ratings (per level, satisfaction rate, cases) and its visits of the last N days."""
+
+    async def load(stores: Stores) -> tuple[ratings.RatingStats, analytics.VisitStats]:
+        return await ratings.app_stats(stores, appid), await analytics.app_visits(stores, appid, days)
+
+    stats, visits = run(load)
+    rate = f"{stats.satisfaction_rate:.1%}" if stats.satisfaction_rate is not None else "-"
+    rated = Table(title=f"ratings of {appid}")
+    for column in ("level", "score", "count", "share"):
+        rated.add_column(column, justify="right" if column != "level" else "left")
+    for level in stats.levels:
+        share = f"{level.count / stats.total:.1%}" if stats.total else "-"
+        rated.add_row(Text(level.level), Text(str(level.score)), Text(str(level.count)), Text(share))
+    console.print(rated)
+    console.print(
+        f"{stats.total} ratings, satisfaction rate {rate} (非常满意 + 满意 + 基本满意)",
+        markup=False,
+        highlight=False,
+    )
+    cases = stats.cases
+    console.print(
+        f"cases: {cases.open} open ({cases.overdue} overdue), {cases.answered} answered "
+        f"({cases.answered_late} late)",
+        markup=False,
+        highlight=False,
+    )
+    visited = Table(title=f"visits of {appid}")
+    for column in ("day", "visits", "unique users"):
+        visited.add_column(column, justify="left" if column == "day" else "right")
+    for item in visits.days:
+        visited.add_row(Text(item.day.isoformat()), Text(str(item.visits)), Text(str(item.unique_users)))
+    console.print(visited)
+    console.print(
+        f"{visits.visits} visits in {days} days, peak {visits.peak_unique_users} users a day "
+        "(days in Asia/Shanghai; today as of the last rollup)",
+        markup=False,
+        highlight=False,
+    )
+
+
+@app.command("rollup")
+def rollup_command(
+    day: str | None = typer.Option(
+        None, "--day", help="YYYY-MM-DD (Asia/Shanghai); default today and yesterday"
+    ),
+) -> None:
+    """Roll visits up from Redis into PostgreSQL now (the worker does it every five minutes; safe to repeat).
+    Redis keeps a day's counts for eight days."""
+    chosen: date | None = None
+    if day is not None:
+        try:
+            chosen = date.fromisoformat(day.strip())
+        except ValueError:
+            fail(f"--day: {day!r} is not a date (YYYY-MM-DD)")
+
+    async def roll(stores: Stores) -> int:
+        if chosen is None:
+            return await analytics.rollup_recent(stores)
+        return await analytics.rollup_day(stores, chosen)
+
+    written = run(roll)
+    console.print(f"{written} app-days rolled up", markup=False, highlight=False)

@@ -13,7 +13,7 @@ from core.stores import check_stores
 from scripts.common import fail
 
 # Capability modules whose @job declarations this worker runs (core's own jobs are always registered).
-JOB_MODULES: list[str] = ["auth.sms", "auth.rights", "health_code.jobs"]
+JOB_MODULES: list[str] = ["auth.sms", "auth.rights", "health_code.jobs", "miniapps.jobs", "miniapps.messages"]
 
 
 def load_job_modules() -> None:
