@@ -301,3 +301,21 @@ async def test_a_banned_account_cannot_request_deletion_through_the_service(stor
     await rights.ban_account(stores, tokens.account_id, "fraud report 7", "ops:test")
     with pytest.raises(Exception, match="suspended"):
         await rights.request_deletion(stores, tokens.account_id)
+
+
+async def test_an_hourly_sweep_erases_what_a_lost_job_would_have(stores: Stores) -> None:
+    """The deferred job lives in Redis; if it is lost, the periodic sweep erases from account_deletions."""
+    spec = jobs.registered_periodic()[rights.ERASE_DUE_JOB]
+    assert spec.every_seconds == 3600
+    tokens = await login_in_process(stores, _phone())
+    async with stores.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO account_deletions (account_id, due_at) VALUES ($1, now() - interval '1 minute')",
+            tokens.account_id,
+        )
+        await conn.execute("UPDATE accounts SET status = 'deleting' WHERE id = $1", tokens.account_id)
+    await spec.func(stores)
+    async with stores.pool.acquire() as conn:
+        assert (
+            await conn.fetchval("SELECT status FROM accounts WHERE id = $1", tokens.account_id) == "deleted"
+        )
