@@ -26,10 +26,9 @@ from core import clock, db
 from core.stores import Stores
 from health_code import checkpoints, passes
 from tests.integration.test_miniapps_support import make_person
-from tests.support.auth import bearer, login, new_phone
+from tests.support.auth import bearer
 from tests.support.server import running_server, tongban_env
-from tests.support.stack import Stack, running_stack
-from tests.unit.test_realname_validation import random_id_number, random_name
+from tests.support.stack import Stack, running_stack, verified_citizen
 
 pytestmark = pytest.mark.e2e
 TOKEN = re.compile(r"Bearer (cp_[0-9a-f-]{36}\.[A-Za-z0-9_-]{43})")
@@ -41,24 +40,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tmp_path_factory.mktemp("checkpoints"), only=["sms", "population"], workers=2
     ) as running:
         yield running
-
-
-def verified_citizen(stack: Stack, device: str) -> tuple[str, str]:
-    """(account id, L2 access token) of a new citizen who logged in by SMS and verified their real name."""
-    tokens = login(stack.url, stack.sms, new_phone("136"), device=device)
-    name, id_number = random_name(), random_id_number()
-    seeded = httpx.post(
-        stack.sandbox.urls["population"] + "/registry/import",
-        json={"rows": [{"name": name, "id_number": id_number}]},
-    )
-    assert seeded.status_code == 200, seeded.text
-    verified = httpx.post(
-        stack.url + "/v1/me/real-name",
-        json={"name": name, "id_number": id_number},
-        headers=bearer(tokens["access_token"]),
-    )
-    assert verified.status_code == 200, verified.text
-    return tokens["account_id"], verified.json()["access_token"]
 
 
 def eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
@@ -74,7 +55,7 @@ def eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> An
 def test_from_checkpoint_to_appeal(stack: Stack, tmp_path: Path) -> None:
     api = stack.url
     # Ops: a health-authority officer, and a checkpoint whose credentials are printed once.
-    officer_id, officer = verified_citizen(stack, "officer-phone")
+    officer_id, _, officer = verified_citizen(stack, "officer-phone", "136")
     granted = stack.cli("staff", "grant", officer_id, "health_authority")
     assert granted.returncode == 0, granted.stdout + granted.stderr
     created = stack.cli("checkpoints", "create", "沈阳北站 3号闸机")
@@ -86,7 +67,7 @@ def test_from_checkpoint_to_appeal(stack: Stack, tmp_path: Path) -> None:
     assert "沈阳北站 3号闸机" in listed.stdout and token.group(1).split(".")[1] not in listed.stdout
 
     # 1. A citizen shows their pass; the checkpoint scans it online.
-    _, citizen = verified_citizen(stack, "citizen-phone")
+    _, _, citizen = verified_citizen(stack, "citizen-phone", "136")
     shown = httpx.get(api + "/v1/health-pass", headers=bearer(citizen))
     assert shown.status_code == 200, shown.text
     green_pass = shown.json()["payload"]
@@ -110,7 +91,7 @@ def test_from_checkpoint_to_appeal(stack: Stack, tmp_path: Path) -> None:
     )
     imported = stack.cli("health", "import", "risk-areas", str(areas))
     assert imported.returncode == 0, imported.stdout + imported.stderr
-    _, owner = verified_citizen(stack, "owner-phone")
+    _, _, owner = verified_citizen(stack, "owner-phone", "136")
     venue = httpx.post(
         api + "/v1/venues",
         json={"name": "乌鲁木齐国际大巴扎", "region": region, "address": "解放南路 8 号"},

@@ -20,9 +20,8 @@ import httpx
 import pytest
 
 from miniapps import opendata
-from tests.support.auth import bearer, login, new_phone
-from tests.support.stack import Stack, running_stack
-from tests.unit.test_realname_validation import random_id_number, random_name
+from tests.support.auth import bearer
+from tests.support.stack import Stack, running_stack, verified_citizen
 
 pytestmark = pytest.mark.e2e
 
@@ -33,25 +32,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-def verified_citizen(stack: Stack, device: str) -> tuple[str, str, str]:
-    """(account id, phone, L2 access token) of a new citizen: SMS login, then real-name verification."""
-    phone = new_phone("137")
-    tokens = login(stack.url, stack.sms, phone, device=device)
-    name, id_number = random_name(), random_id_number()
-    seeded = httpx.post(
-        stack.sandbox.urls["population"] + "/registry/import",
-        json={"rows": [{"name": name, "id_number": id_number}]},
-    )
-    assert seeded.status_code == 200, seeded.text
-    verified = httpx.post(
-        stack.url + "/v1/me/real-name",
-        json={"name": name, "id_number": id_number},
-        headers=bearer(tokens["access_token"]),
-    )
-    assert verified.status_code == 200, verified.text
-    return tokens["account_id"], phone, verified.json()["access_token"]
-
-
 def ok(response: httpx.Response, status: int = 200) -> Any:
     assert response.status_code == status, response.text
     return response.json() if response.content else None
@@ -60,10 +40,10 @@ def ok(response: httpx.Response, status: int = 200) -> Any:
 def released_app(stack: Stack) -> tuple[str, str, str]:
     """(appid, AppSecret, admin token) of a new app with 1.0.0 released, its servers allowlisted at
     127.0.0.1, set up through the registry's API and the ops CLI."""
-    staff_id, _, staff_token = verified_citizen(stack, "staff-phone")
+    staff_id, _, staff_token = verified_citizen(stack, "staff-phone", "137")
     granted = stack.cli("staff", "grant", staff_id, "platform_admin")
     assert granted.returncode == 0, granted.stdout + granted.stderr
-    admin_id, _, admin_token = verified_citizen(stack, "admin-phone")
+    admin_id, _, admin_token = verified_citizen(stack, "admin-phone", "137")
     tag = secrets.token_hex(3)
     organisation = ok(
         httpx.post(
@@ -145,7 +125,7 @@ def test_the_whole_mini_app_journey(stack: Stack) -> None:
         ),
         201,
     )
-    account_id, phone, citizen_token = verified_citizen(stack, "citizen-phone")
+    account_id, phone, citizen_token = verified_citizen(stack, "citizen-phone", "137")
     citizen = bearer(citizen_token)
     wait_until_listed(stack, appid, citizen_token)
 

@@ -18,9 +18,8 @@ import httpx
 import pytest
 
 from miniapps.catalog import grey_bucket
-from tests.support.auth import bearer, login, new_phone
-from tests.support.stack import Stack, running_stack
-from tests.unit.test_realname_validation import random_id_number, random_name
+from tests.support.auth import bearer
+from tests.support.stack import Stack, running_stack, verified_citizen
 
 pytestmark = pytest.mark.e2e
 
@@ -31,24 +30,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-def verified_citizen(stack: Stack, device: str) -> tuple[str, str]:
-    """(account id, L2 access token) of a new citizen who logged in by SMS and verified their real name."""
-    tokens = login(stack.url, stack.sms, new_phone("137"), device=device)
-    name, id_number = random_name(), random_id_number()
-    seeded = httpx.post(
-        stack.sandbox.urls["population"] + "/registry/import",
-        json={"rows": [{"name": name, "id_number": id_number}]},
-    )
-    assert seeded.status_code == 200, seeded.text
-    verified = httpx.post(
-        stack.url + "/v1/me/real-name",
-        json={"name": name, "id_number": id_number},
-        headers=bearer(tokens["access_token"]),
-    )
-    assert verified.status_code == 200, verified.text
-    return tokens["account_id"], verified.json()["access_token"]
-
-
 def catalog_views(stack: Stack, query: str, tries: int = 8) -> list[list[dict[str, Any]]]:
     """The catalog's items for `query`, asked `tries` times on fresh connections (both processes answer)."""
     return [httpx.get(stack.url + "/v1/catalog", params={"q": query}).json()["items"] for _ in range(tries)]
@@ -56,10 +37,10 @@ def catalog_views(stack: Stack, query: str, tries: int = 8) -> list[list[dict[st
 
 def test_from_organisation_to_catalog(stack: Stack) -> None:
     # Staff: a citizen account given the platform_admin role by ops.
-    staff_id, staff_token = verified_citizen(stack, "staff-phone")
+    staff_id, _, staff_token = verified_citizen(stack, "staff-phone", "137")
     granted = stack.cli("staff", "grant", staff_id, "platform_admin")
     assert granted.returncode == 0, granted.stdout + granted.stderr
-    admin_id, admin_token = verified_citizen(stack, "admin-phone")
+    admin_id, _, admin_token = verified_citizen(stack, "admin-phone", "137")
 
     # 1. Staff creates the organisation with its first admin.
     tag = secrets.token_hex(3)

@@ -54,3 +54,28 @@ def running_stack(tmp: Path, only: list[str], *, workers: int = 2, **env: str) -
     finally:
         worker.stop()
         sandbox.process.stop()
+
+
+def verified_citizen(stack: Stack, device: str, phone_prefix: str = "136") -> tuple[str, str, str]:
+    """(account id, phone, L2 access token) of a new citizen: SMS login, then real-name verification against
+    the sandbox population registry (which must run in the stack)."""
+    import httpx
+
+    from tests.support.auth import bearer, login, new_phone
+    from tests.unit.test_realname_validation import random_id_number, random_name
+
+    phone = new_phone(phone_prefix)
+    tokens = login(stack.url, stack.sms, phone, device=device)
+    name, id_number = random_name(), random_id_number()
+    seeded = httpx.post(
+        stack.sandbox.urls["population"] + "/registry/import",
+        json={"rows": [{"name": name, "id_number": id_number}]},
+    )
+    assert seeded.status_code == 200, seeded.text
+    verified = httpx.post(
+        stack.url + "/v1/me/real-name",
+        json={"name": name, "id_number": id_number},
+        headers=bearer(tokens["access_token"]),
+    )
+    assert verified.status_code == 200, verified.text
+    return tokens["account_id"], phone, verified.json()["access_token"]
