@@ -349,14 +349,6 @@ async def memberships_of(conn: Conn, account_id: UUID) -> list[asyncpg.Record]:
     return rows
 
 
-async def count_active_sessions(conn: Conn, account_id: UUID) -> int:
-    count: int = await conn.fetchval(
-        "SELECT count(*) FROM sessions WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > now()",
-        account_id,
-    )
-    return count
-
-
 async def session_account(conn: Conn, session_id: UUID) -> UUID | None:
     account_id: UUID | None = await conn.fetchval("SELECT account_id FROM sessions WHERE id = $1", session_id)
     return account_id

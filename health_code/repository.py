@@ -919,16 +919,6 @@ async def trust_generation(conn: Conn) -> int:
     return generation
 
 
-async def trust_sources(conn: Conn) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(
-        """SELECT s.id, s.kind, s.issuer, s.version, s.signature_checked, s.imported_by, s.imported_at,
-                  (SELECT count(*) FROM pass_trust_signers g WHERE g.source_id = s.id) AS signers,
-                  (SELECT count(*) FROM pass_trust_revocations r WHERE r.source_id = s.id) AS revocations
-           FROM pass_trust_sources s ORDER BY s.kind, s.issuer"""
-    )
-    return rows
-
-
 async def imported_signers(conn: Conn) -> list[asyncpg.Record]:
     """(kind, issuer, kid, region, der) of every imported signer."""
     rows: list[asyncpg.Record] = await conn.fetch(

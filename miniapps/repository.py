@@ -120,10 +120,6 @@ async def insert_organisation(
     )
 
 
-async def organisation_by_id(conn: Conn, organisation_id: UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM organisations WHERE id = $1", organisation_id)
-
-
 async def list_organisations(conn: Conn) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await conn.fetch("SELECT * FROM organisations ORDER BY created_at")
     return rows
