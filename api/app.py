@@ -23,11 +23,13 @@ from api import (
     inbox,
     miniapp_login,
     miniapps,
+    onecode,
     ratings,
     realname,
     rights,
     sdk,
     staff,
+    terminals,
 )
 from api.auth import auth_router, jwks, me_router
 from api.bench import bench_router
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ratings.router,
         sdk.router,
         miniapp_login.router,
+        onecode.router,
+        terminals.router,
     ]
     if settings.bench_routes:
         route_handlers.append(bench_router)

@@ -1,1 +1,1 @@
-"""One-code aggregator: transit, medical insurance, payment; terminals; settlement ledger."""
+"""One-code aggregator (一码通): one QR for bus rides, the medical-insurance e-voucher and payment."""

@@ -15,14 +15,17 @@ from scripts import (
     health_cmd,
     keys_cmd,
     miniapps_cmd,
+    onecode_cmd,
     pass_cmd,
     sandbox_cmd,
     serve,
     sessions_cmd,
     sms_cmd,
     staff_cmd,
+    terminals_cmd,
     trust_cmd,
     users_cmd,
+    validator_cmd,
 )
 from scripts.common import console, fail, load_settings, stores_ready
 
@@ -44,6 +47,9 @@ app.add_typer(health_cmd.app, name="health")
 app.add_typer(pass_cmd.app, name="pass")
 app.add_typer(checkpoints_cmd.app, name="checkpoints")
 app.add_typer(trust_cmd.app, name="trust")
+app.add_typer(onecode_cmd.app, name="onecode")
+app.add_typer(terminals_cmd.app, name="terminals")
+app.add_typer(validator_cmd.app, name="validator")
 health_cmd.app.add_typer(trust_cmd.signer_app, name="signer")
 
 
