@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from core import db
 from core import redis as redis_mod
 from core.errors import StoreUnavailable
+from core.pipelined_redis import close_pipelined
 from core.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ async def close_stores(stores: Stores) -> None:
     from core.sms import close_sms_gateway
 
     await close_sms_gateway()
+    await close_pipelined(stores.redis)
     await stores.redis.aclose()
     await stores.pool.close()
 

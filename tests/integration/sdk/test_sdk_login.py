@@ -4,16 +4,24 @@ organisation; codes single use and bound to their app; only apps the citizen's c
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from uuid import UUID
 
+import msgspec
 import pytest
+from litestar.testing import AsyncTestClient
 
+from api.app import create_app
 from core import clock
+from core import redis as redis_mod
+from core.pipelined_redis import close_pipelined, pipelined
+from core.settings import Settings
 from core.stores import Stores
 from miniapps import analytics, opendata, sdk
 from miniapps.analytics import visit_day
-from tests.integration.test_miniapps_support import ApiClient, act, approved_version, make_staff, register_app
-from tests.integration.test_sdk_support import (
+from miniapps.sdk import SdkError
+from tests.integration.sdk.support import (
     Citizen,
     MiniApp,
     app_token,
@@ -26,17 +34,8 @@ from tests.integration.test_sdk_support import (
     openid_of,
     released_miniapp,
 )
-
-
-@pytest.fixture(scope="module")
-def api(client: ApiClient) -> ApiClient:
-    """The app in process (the session's one: one app per test process)."""
-    return client
-
-
-@pytest.fixture(scope="module")
-async def app(api: ApiClient, stores: Stores) -> MiniApp:
-    return await released_miniapp(api, stores)
+from tests.integration.test_miniapps_support import ApiClient, act, approved_version, make_staff, register_app
+from tests.support.proxy import proxy_for, through_proxy
 
 
 @pytest.fixture
@@ -123,6 +122,60 @@ async def test_codes_are_single_use_expire_and_belong_to_their_app(
         api, app, await login_code(api, person, app.appid), grant_type="password"
     )
     assert errcode(wrong_grant) == sdk.INVALID_GRANT_TYPE
+
+
+async def test_a_code_is_used_once_across_processes(
+    settings: Settings, stores: Stores, app: MiniApp, person: Citizen
+) -> None:
+    """Two API processes (each its own Redis connections) race for every code: one wins, the other 40163."""
+    assert settings.redis_url
+    other = Stores(
+        settings=settings, pool=stores.pool, redis=redis_mod.create_client(settings, settings.redis_url)
+    )
+    try:
+        assert pipelined(other.redis) is not pipelined(stores.redis)
+        codes = await sdk.issue_login_codes_unchecked(
+            stores, person.account_id, app.appid, UUID(app.org.id), 40
+        )
+        found = await sdk.sdk_app(stores, app.appid)
+        assert found is not None
+
+        async def trade(process: Stores, code: str) -> int:
+            try:
+                await sdk.code_to_session(process, found, code)
+            except SdkError as exc:
+                return exc.errcode
+            return 0
+
+        outcomes = await asyncio.gather(
+            *(trade(process, code) for code in codes for process in (other, stores))
+        )
+        pairs = [sorted(outcomes[n : n + 2]) for n in range(0, len(outcomes), 2)]
+        assert pairs == [[0, sdk.CODE_USED]] * len(codes)
+    finally:
+        await close_pipelined(other.redis)
+        await other.redis.aclose()
+
+
+async def test_redis_down_is_a_system_error_then_codes_trade_again(
+    api: ApiClient, settings: Settings, app: MiniApp, person: Citizen
+) -> None:
+    """WeChat's -1 (system busy) in HTTP 200, never a 500; the code is still good once Redis is back."""
+    assert settings.redis_url
+    proxy = proxy_for(settings.redis_url)
+    try:
+        cut = msgspec.structs.replace(settings, redis_url=through_proxy(settings.redis_url, proxy))
+        async with AsyncTestClient(app=create_app(cut)) as cut_off:
+            code = await login_code(api, person, app.appid)
+            proxy.down()
+            for _ in range(2):
+                down = await code2session(cut_off, app, code)
+                assert errcode(down) == sdk.SYSTEM_ERROR and set(down.json()) == {"errcode", "errmsg"}
+            proxy.up()
+            assert "openid" in (await code2session(cut_off, app, code)).json()
+            assert errcode(await code2session(cut_off, app, code)) == sdk.CODE_USED
+    finally:
+        proxy.close()
 
 
 async def test_codes_live_five_minutes(api: ApiClient, stores: Stores, app: MiniApp, person: Citizen) -> None:

@@ -12,20 +12,14 @@ import pytest
 from core.stores import Stores
 from miniapps import sdk
 from miniapps.sdk import SdkError
-from tests.integration.test_miniapps_support import ApiClient
-from tests.integration.test_sdk_support import (
+from tests.integration.sdk.support import (
     MiniApp,
     app_token,
     errcode,
     forget_cached_apps,
     released_miniapp,
 )
-
-
-@pytest.fixture(scope="module")
-def api(client: ApiClient) -> ApiClient:
-    """The app in process (the session's one: one app per test process)."""
-    return client
+from tests.integration.test_miniapps_support import ApiClient
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import pytest
 from core import jobs
 from core.stores import Stores
 from miniapps import messages, sdk
-from tests.integration.test_miniapps_support import ApiClient, Person, add_member, make_person, make_staff
-from tests.integration.test_sdk_support import (
+from tests.integration.sdk.support import (
     Citizen,
     MiniApp,
     app_token,
@@ -21,6 +20,7 @@ from tests.integration.test_sdk_support import (
     openid_of,
     released_miniapp,
 )
+from tests.integration.test_miniapps_support import ApiClient, Person, add_member, make_person, make_staff
 
 KEYWORDS = [
     {"key": "thing1", "label": "办理事项"},
@@ -32,22 +32,6 @@ DATA = {
     "phrase2": {"value": "已通过"},
     "time3": {"value": "2026年11月22日 10:30"},
 }
-
-
-@pytest.fixture(scope="module")
-def api(client: ApiClient) -> ApiClient:
-    """The app in process (the session's one: one app per test process)."""
-    return client
-
-
-@pytest.fixture(scope="module")
-async def app(api: ApiClient, stores: Stores) -> MiniApp:
-    return await released_miniapp(api, stores)
-
-
-@pytest.fixture(scope="module")
-async def token(api: ApiClient, app: MiniApp) -> str:
-    return await app_token(api, app)
 
 
 async def create_template(api: ApiClient, app: MiniApp, by: Person | None = None, **body: Any) -> Any:

@@ -7,12 +7,9 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-import pytest
-
 from core.stores import Stores
 from miniapps import sdk
-from tests.integration.test_miniapps_support import ApiClient
-from tests.integration.test_sdk_support import (
+from tests.integration.sdk.support import (
     Citizen,
     MiniApp,
     app_token,
@@ -21,22 +18,7 @@ from tests.integration.test_sdk_support import (
     login_code,
     released_miniapp,
 )
-
-
-@pytest.fixture(scope="module")
-def api(client: ApiClient) -> ApiClient:
-    """The app in process (the session's one: one app per test process)."""
-    return client
-
-
-@pytest.fixture(scope="module")
-async def app(api: ApiClient, stores: Stores) -> MiniApp:
-    return await released_miniapp(api, stores)
-
-
-@pytest.fixture(scope="module")
-async def token(api: ApiClient, app: MiniApp) -> str:
-    return await app_token(api, app)
+from tests.integration.test_miniapps_support import ApiClient
 
 
 async def phone_code(api: ApiClient, person: Citizen, appid: str) -> dict[str, Any]:

@@ -7,14 +7,11 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-import pytest
-
 from auth import consent
 from core.pii.masking import mask_id_number
 from core.stores import Stores
 from miniapps import realname, sdk
-from tests.integration.test_miniapps_support import ApiClient
-from tests.integration.test_sdk_support import (
+from tests.integration.sdk.support import (
     Citizen,
     MiniApp,
     app_token,
@@ -22,22 +19,7 @@ from tests.integration.test_sdk_support import (
     openid_of,
     released_miniapp,
 )
-
-
-@pytest.fixture(scope="module")
-def api(client: ApiClient) -> ApiClient:
-    """The app in process (the session's one: one app per test process)."""
-    return client
-
-
-@pytest.fixture(scope="module")
-async def app(api: ApiClient, stores: Stores) -> MiniApp:
-    return await released_miniapp(api, stores)
-
-
-@pytest.fixture(scope="module")
-async def token(api: ApiClient, app: MiniApp) -> str:
-    return await app_token(api, app)
+from tests.integration.test_miniapps_support import ApiClient
 
 
 async def grant(api: ApiClient, person: Citizen, app: MiniApp, *scopes: str) -> Any:
