@@ -41,6 +41,7 @@ from auth.revocation import REVOKED
 from core import logging as tongban_logging
 from core.settings import Settings, get_settings
 from core.stores import close_stores, open_stores
+from onecode.providers import close_providers
 
 VERSION = "0.1.0"
 
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             with contextlib.suppress(asyncio.CancelledError):
                 await revocations
             await close_stores(app.state.stores)
+            await close_providers()  # the one-code provider adapters' pools of this loop
 
     prometheus = PrometheusConfig(
         app_name="tongban", prefix="tongban", group_path=True, exclude=["/metrics", "/healthz", "/readyz"]
@@ -100,7 +102,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=route_handlers,
-        lifespan=[lifespan, miniapps.catalog_lifespan, health_pass.lifespan, checkpoints.scans_lifespan],
+        lifespan=[
+            lifespan,
+            miniapps.catalog_lifespan,
+            health_pass.lifespan,
+            checkpoints.scans_lifespan,
+            terminals.rides_lifespan,
+        ],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_id_middleware, prometheus.middleware],
@@ -114,6 +122,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             components=Components(
                 security_schemes={
                     "citizen": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+                    "terminal": SecurityScheme(
+                        type="apiKey",
+                        name="X-Signature",
+                        security_scheme_in="header",
+                        description=(
+                            "One-code terminals sign every request: X-Terminal-Id, X-Timestamp (unix seconds,"
+                            " within 90 s), X-Nonce (16-64 of [A-Za-z0-9_-], never reused) and X-Signature ="
+                            " lowercase hex HMAC-SHA256(secret, METHOD \\n path?query \\n sha256hex(body)"
+                            " \\n timestamp \\n nonce). See docs/terminals.md."
+                        ),
+                    ),
                 }
             ),
         ),

@@ -234,6 +234,13 @@ async def checkpoint_scan(ctx: SetupContext) -> Mapping[str, str]:
     return {"BENCH_TOKEN": token, "BENCH_BODY": body}
 
 
+async def terminal_resolve(ctx: SetupContext) -> Mapping[str, str]:
+    """A validator, a citizen's authorisation and pre-signed resolves of distinct codes (bench/onecode_terminals.py)."""
+    from bench.onecode_terminals import terminal_resolve as setup
+
+    return await setup(ctx)
+
+
 ROUTES: tuple[BenchRoute, ...] = (
     BenchRoute(HELLO, "GET", "/v1/bench/hello", what="framework ceiling: routing, middleware, JSON, no I/O"),
     BenchRoute(
@@ -280,6 +287,16 @@ ROUTES: tuple[BenchRoute, ...] = (
         target_ratio=0.35,
         setup=checkpoint_scan,
         what="a checkpoint scan: credentials from cache, verify() (ES256), the scan recorded by group commit",
+    ),
+    BenchRoute(
+        "terminal-resolve",
+        "POST",
+        "/v1/terminals/resolve",
+        target_ratio=0.35,
+        script="terminal_resolve.lua",
+        setup=terminal_resolve,
+        what="an online bus validator's resolve (transit: no provider call while answering): HMAC-signed "
+        "request and nonce, verify() (two ES256), replay refused in Redis, the ride recorded with its fare job",
     ),
 )
 

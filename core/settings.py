@@ -162,6 +162,42 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # A new trust list (GET /v1/trust-list) is signed at most this often.
     health_trust_list_seconds: float = 60.0
 
+    # one-code providers
+    # The transit operator, the medical-insurance platform (医保信息平台) and the payment acquirer (the
+    # sandbox ones by default). Online resolve waits on them, so one call gets at most this many seconds in
+    # all: a slow provider fails fast as 503 with Retry-After (connecting gets at most half a second).
+    transit_operator_url: str = "http://127.0.0.1:8105"
+    sandbox_transit_port: int = 8105
+    medical_insurance_url: str = "http://127.0.0.1:8106"
+    sandbox_medical_port: int = 8106
+    payment_acquirer_url: str = "http://127.0.0.1:8107"
+    sandbox_acquirer_port: int = 8107
+    onecode_provider_timeout: float = 2.0
+
+    # one-code (citizen side: links, device keys, authorisations, ledger)
+    # How long an authorisation lasts (the code format allows at most 24 h); the app asks for a new one before.
+    onecode_authorisation_seconds: int = 24 * 3600
+    # The per-ride cap an authorisation carries for transit, in fen: an offline validator refuses a higher fare.
+    onecode_ride_cap_fen: int = 1000
+    # Device keys one account may have active at once (a phone, a tablet, a watch).
+    onecode_max_devices: int = 3
+    # Every hour each provider's statements of the last this many days (yesterday back) are reconciled
+    # against the ledger, unless a run for that day already finished.
+    onecode_reconcile_days: int = 3
+
+    # one-code terminals (validators, hospital counters, POS)
+    # A signed terminal request is accepted this many seconds either side of the server's clock; its nonce
+    # is remembered (Redis) for twice as long.
+    onecode_terminal_skew_seconds: int = 90
+    # How long a process trusts a terminal row it read (secret, status): disabling reaches every process
+    # within this.
+    onecode_terminal_cache_seconds: float = 10.0
+    # Rides per `POST /v1/terminals/rides` at most.
+    onecode_rides_batch_max: int = 5000
+    # A process rebuilds the bundle (issuer keys and revoked code ids) it verifies with, and serves to
+    # terminals, at most this often.
+    onecode_bundle_seconds: float = 5.0
+
 
 _FIELD_RE = re.compile(r"at `\$\.(\w+)`")
 
@@ -204,6 +240,12 @@ def _from_environ(environ: dict[str, str]) -> Settings:
         raise SettingsError(
             "TONGBAN_HEALTH_PASS_REFRESH_SECONDS: above 0 and below TONGBAN_HEALTH_PASS_TTL_SECONDS"
         )
+    if not 60 <= settings.onecode_authorisation_seconds <= 24 * 3600:
+        raise SettingsError("TONGBAN_ONECODE_AUTHORISATION_SECONDS: between 60 and 86400 (24 h)")
+    if not 0 <= settings.onecode_ride_cap_fen <= 0xFFFFFFFF:
+        raise SettingsError("TONGBAN_ONECODE_RIDE_CAP_FEN: between 0 and 4294967295")
+    if settings.onecode_max_devices < 1 or settings.onecode_reconcile_days < 1:
+        raise SettingsError("TONGBAN_ONECODE_MAX_DEVICES and TONGBAN_ONECODE_RECONCILE_DAYS: at least 1")
     return settings
 
 

@@ -13,7 +13,15 @@ from core.stores import check_stores
 from scripts.common import fail
 
 # Capability modules whose @job declarations this worker runs (core's own jobs are always registered).
-JOB_MODULES: list[str] = ["auth.sms", "auth.rights", "health_code.jobs", "miniapps.jobs", "miniapps.messages"]
+JOB_MODULES: list[str] = [
+    "auth.sms",
+    "auth.rights",
+    "health_code.jobs",
+    "miniapps.jobs",
+    "miniapps.messages",
+    "onecode.reconcile",
+    "onecode.jobs",
+]
 
 
 def load_job_modules() -> None:

@@ -74,5 +74,28 @@ def _up_and_try(tmp_path: Path, data_dir: Path) -> None:
             headers={"Authorization": "Bearer " + verified.json()["access_token"]},
         )
         assert enterprise.status_code == 201, enterprise.text
+        _try_demo_capabilities(process.base_url, demo["access_token"], process.log())
     finally:
         assert process.stop() == 0, process.log()
+
+
+def _try_demo_capabilities(base_url: str, access_token: str, log: str) -> None:
+    """What the demo seed adds per capability shows through the API."""
+    from scripts.demo import DEMO_APP_SECRET, DEMO_APPS
+
+    citizen = {"Authorization": "Bearer " + access_token}
+    health_pass = httpx.get(base_url + "/v1/health-pass", headers=citizen)
+    assert health_pass.status_code == 200 and health_pass.json()["colour"] == "green"
+    catalog = httpx.get(base_url + "/v1/catalog", params={"limit": 50}, headers=citizen).json()
+    assert catalog["total"] >= DEMO_APPS
+    # `tongban up` printed the demo app's appid; its published AppSecret gets an access token.
+    appid = log.split("appid ", 1)[1].split(",", 1)[0]
+    token = httpx.get(
+        base_url + "/cgi-bin/token",
+        params={"grant_type": "client_credential", "appid": appid, "secret": DEMO_APP_SECRET},
+    ).json()
+    assert token.get("access_token") and token["expires_in"] == 7200, token
+    onecode = httpx.get(base_url + "/v1/onecode", headers=citizen)
+    assert onecode.status_code == 200 and sorted(onecode.json()["scenes"]) == ["payment", "transit"], (
+        onecode.text
+    )

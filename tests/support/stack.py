@@ -46,7 +46,8 @@ class Stack:
 def running_stack(tmp: Path, only: list[str], *, workers: int = 2, **env: str) -> Iterator[Stack]:
     """Sandbox providers `only`, a worker and an API of `workers` processes, all with `env` set.
     Every test request comes from 127.0.0.1, so the per-IP SMS limit is lifted unless `env` sets it."""
-    sandbox = start_sandbox(tmp, only=only, **{"TONGBAN_AUTH_SMS_PER_IP_HOUR": "10000", **env})
+    overrides: dict[str, str | None] = {"TONGBAN_AUTH_SMS_PER_IP_HOUR": "10000", **env}
+    sandbox = start_sandbox(tmp, only, None, **overrides)  # ports given: the overrides are all env
     worker = start(["worker"], sandbox.env, tmp / "worker.log", free_port())
     try:
         with running_server(tmp, sandbox.env, workers=workers) as api:
