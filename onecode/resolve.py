@@ -37,7 +37,7 @@ from core import redis as redis_mod
 from core.errors import Forbidden, InvalidInput, ProviderUnavailable, StoreUnavailable
 from core.pipelined_redis import pipelined
 from core.stores import Stores
-from onecode import authorisations, codec, ledger, repository, rides
+from onecode import authorisations, codec, emv, ledger, repository, rides
 from onecode.providers import EcVoucher, ProviderRejected, medical_insurance, payment_acquirer
 from onecode.terminal_auth import TerminalPrincipal
 from onecode.validator import DEFAULT_MAX_AGE, DEFAULT_SKEW, Bundle, verify
@@ -54,7 +54,8 @@ _SCENE_BITS: Final = codec.SCENE_NAMES
 
 
 class ResolveRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    code: Annotated[str, msgspec.Meta(max_length=1024)]  # the scanned text, "TBO1:..."
+    # The scanned text: "TBO1:...", or for a payment its EMVCo CPM form "hQVDUFYw..." (docs/onecode-format.md).
+    code: Annotated[str, msgspec.Meta(max_length=1024)]
     scene: Scene
     # transit: the fare; payment: the amount to charge (both required there); medical: none.
     amount_fen: Annotated[int, msgspec.Meta(ge=0, le=MAX_AMOUNT_FEN)] | None = None
@@ -257,9 +258,20 @@ async def resolve(stores: Stores, terminal: TerminalPrincipal, request: ResolveR
         earlier = await _earlier_payment(stores, payment_key(terminal, request.order_id))
         if earlier is not None:
             return earlier
+    code_text = request.code
+    if code_text.startswith(emv.CPM_TEXT_PREFIX):
+        # A standard POS scanned the EMVCo CPM form: the same code inside, its token number checked.
+        if request.scene != "payment":
+            raise InvalidInput("code: an EMVCo CPM payload only pays", field="code")
+        try:
+            code_text, _ = emv.onecode_from_cpm(code_text)
+        except emv.CpmError:
+            answer = _answer(request, "refused", "bad_cpm", None)
+            await _record(stores, terminal, answer)
+            return answer
     bundle, _ = await BUNDLES.current(stores)
     verdict = verify(
-        request.code,
+        code_text,
         bundle,
         time.time(),
         scene=_SCENE_BITS[request.scene],

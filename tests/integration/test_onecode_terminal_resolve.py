@@ -8,6 +8,7 @@ ride is recorded and settled like an uploaded one."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from core import db
 from core.stores import Stores
-from onecode import authorisations, codec, devices, ledger, rides
+from onecode import authorisations, codec, devices, emv, ledger, rides
 from onecode.resolve import BUNDLES
 from tests.integration.test_onecode_terminal_support import (  # noqa: F401 (fixtures)
     RESOLVE,
@@ -136,6 +137,34 @@ async def test_a_payment_is_charged_once_and_the_ledger_balances(
     assert again == answer
     async with db.connection(wired.pool, wired.settings) as conn:
         assert (await ledger.totals(conn)).postings == totals.postings
+
+
+async def test_a_pos_scanning_the_emvco_form_charges_the_same_token(
+    api: Client,  # noqa: F811
+    wired: Stores,  # noqa: F811
+    holder: Holder,
+    pos: Term,
+) -> None:
+    cpm = emv.encode_cpm(holder.code())
+    answer = await resolve(api, pos, code=cpm, scene="payment", amount_fen=250, order_id=order())
+    assert answer["result"] == "approved" and answer["code_id"] == holder.code_id.hex(), answer
+    # The same payload again is a replay; a payload whose token does not match its code is refused.
+    again = await resolve(api, pos, code=cpm, scene="payment", amount_fen=250, order_id=order())
+    assert (again["result"], again["reason"]) == ("refused", "replay")
+    forged = _with_pan(emv.encode_cpm(holder.code()), emv.Tlv(emv.TAG_PAN, emv.digits_bcd("6" * 19)))
+    refused = await resolve(api, pos, code=forged, scene="payment", amount_fen=250, order_id=order())
+    assert (refused["result"], refused["reason"]) == ("refused", "bad_cpm")
+    # Only a payment takes the CPM form.
+    wrong = await signed_call(api, pos, "POST", RESOLVE, {"code": cpm, "scene": "transit", "amount_fen": 1})
+    assert wrong.status_code in (403, 422)
+
+
+def _with_pan(text: str, pan: emv.Tlv) -> str:
+    """The CPM text with its application's 5A replaced."""
+    tree = emv.tlv_decode(base64.b64decode(text))
+    head, application = tree[0], tree[1]
+    children = tuple(pan if child.tag == emv.TAG_PAN else child for child in application.value)  # type: ignore[union-attr]
+    return base64.b64encode(emv.tlv_encode((head, application._replace(value=children)))).decode()
 
 
 async def test_an_amount_over_the_limit_is_declined_with_the_reason(
