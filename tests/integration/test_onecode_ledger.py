@@ -283,8 +283,6 @@ async def test_a_posting_on_the_neighbouring_day_still_matches(wired: Stores, sa
 
 
 async def cli(env: dict[str, str], *args: str) -> Result:
-    # close_providers() in the command forgets every loop's clients: close this loop's first.
-    await providers.close_providers()
     # The command runs its own event loop (asyncio.run), so it goes to a thread off this test's loop.
     return await asyncio.to_thread(CliRunner(env={"COLUMNS": "200", **env}).invoke, cli_app, list(args))
 

@@ -58,11 +58,9 @@ def provider_settings(settings: Settings, sandbox: Sandbox) -> Settings:
 
 @pytest.fixture(scope="module")
 def wired(stores: Stores, provider_settings: Settings) -> Stores:
-    """The session's stores, with settings pointing at this module's sandbox providers. The in-process app
-    runs on its own event loop: a different provider timeout here gives the tests' loop adapters of its
-    own (onecode.providers shares one adapter per settings, and replaces it when another loop asks)."""
-    own_timeout = msgspec.structs.replace(provider_settings, onecode_provider_timeout=1.5)
-    return Stores(settings=own_timeout, pool=stores.pool, redis=stores.redis, _vault=stores._vault)
+    """The session's stores, with settings pointing at this module's sandbox providers (the in-process app
+    runs on its own event loop, and onecode.providers keeps each loop's adapters apart)."""
+    return Stores(settings=provider_settings, pool=stores.pool, redis=stores.redis, _vault=stores._vault)
 
 
 @pytest.fixture(scope="module")
