@@ -263,6 +263,24 @@ async def get_deletion(stores: Stores, account_id: UUID) -> DeletionState:
         return deletion_state(await repository.deletion_of(conn, account_id))
 
 
+async def _forget_elsewhere(conn: asyncpg.Connection, account_id: UUID) -> dict[str, int]:
+    """What the other capabilities keep per account, in the erasure's transaction: recently used apps and
+    favourites, the inbox, ratings (they stay in the statistics, unlinked), one-code devices and links."""
+    # Imported here: those capabilities import auth, and auth must not import them at load time.
+    from miniapps import inbox
+    from miniapps import repository as miniapps_repository
+    from onecode import devices
+
+    recent, favourites = await miniapps_repository.forget_account(conn, account_id)
+    return {
+        "recent_apps": recent,
+        "favourites": favourites,
+        "messages": await inbox.forget_account(conn, account_id),
+        "ratings_unlinked": await miniapps_repository.unlink_ratings(conn, account_id),
+        "onecode_authorisations_revoked": await devices.forget_account(conn, account_id),
+    }
+
+
 async def erase_account(stores: Stores, account_id: UUID, *, now: datetime | None = None) -> bool:
     """Erase the account if its deletion is pending and due (at `now`, default the clock). Idempotent:
     False and no change when there is no request, it was cancelled, is not yet due, or is done."""
@@ -284,6 +302,7 @@ async def erase_account(stores: Stores, account_id: UUID, *, now: datetime | Non
         revoked = await repository.revoke_account_sessions(conn, account_id, "account_deleted")
         scrubbed = await repository.scrub_sessions(conn, account_id)
         consents = await repository.revoke_all_consents(conn, account_id)
+        forgotten = await _forget_elsewhere(conn, account_id)
         await repository.erase_account_pii(conn, account_id, secrets.token_bytes(32))
         await repository.complete_deletion(conn, account_id)
         await repository.add_event(
@@ -291,7 +310,12 @@ async def erase_account(stores: Stores, account_id: UUID, *, now: datetime | Non
             account_id,
             "erased",
             "system",
-            {"sessions_revoked": len(revoked), "sessions": scrubbed, "consents_revoked": consents},
+            {
+                "sessions_revoked": len(revoked),
+                "sessions": scrubbed,
+                "consents_revoked": consents,
+                **forgotten,
+            },
         )
     await revocation.publish(stores, revoked)
     log.info("rights.account_erased", account=str(account_id), sessions_revoked=len(revoked))

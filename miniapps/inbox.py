@@ -87,3 +87,9 @@ async def list_messages(
     )
     messages = [InboxMessage(**dict(row)) for row in rows[:limit]]
     return InboxPage(messages=messages, next_before=messages[-1].id if len(rows) > limit else None)
+
+
+async def forget_account(conn: asyncpg.Connection, account_id: UUID) -> int:
+    """For account erasure: every message of the account; how many were deleted."""
+    deleted = await conn.fetch("DELETE FROM inbox_messages WHERE account_id = $1 RETURNING 1", account_id)
+    return len(deleted)

@@ -196,3 +196,19 @@ async def lost_phone(stores: Stores, account_id: UUID, device_id: UUID | None = 
             )
     log.info("onecode.lost_phone", devices=len(revoked), authorisations=len(code_ids))
     return LostPhone(revoked_devices=revoked, revoked_authorisations=len(code_ids))
+
+
+ACCOUNT_ERASED = "account_erased"
+
+
+async def forget_account(conn: asyncpg.Connection, account_id: UUID) -> int:
+    """For account erasure, inside its transaction: every device key and authorisation revoked (validators
+    learn the code ids with their next bundle) and every link ended, a medical reference with it. Returns
+    how many authorisations were revoked. The ledger keeps its postings (accounting records), tied to an
+    account that no longer holds a phone, a name or an ID number."""
+    await repository.lock_account(conn, account_id)
+    revoked = await repository.revoke_devices(conn, account_id, None, ACCOUNT_ERASED)
+    code_ids = await repository.revoke_device_authorisations(conn, revoked, ACCOUNT_ERASED) if revoked else []
+    for link in await repository.active_links(conn, account_id):
+        await repository.unlink(conn, link["id"])
+    return len(code_ids)

@@ -319,3 +319,35 @@ async def test_an_hourly_sweep_erases_what_a_lost_job_would_have(stores: Stores)
         assert (
             await conn.fetchval("SELECT status FROM accounts WHERE id = $1", tokens.account_id) == "deleted"
         )
+
+
+async def test_erasure_also_clears_the_inbox_and_revokes_one_code_devices(stores: Stores) -> None:
+    from miniapps import inbox
+    from onecode import client, devices
+
+    zero_grace = Stores(
+        settings=msgspec.structs.replace(stores.settings, auth_deletion_grace_days=0.0),
+        pool=stores.pool,
+        redis=stores.redis,
+        _vault=await stores.vault(),
+    )
+    tokens = await login_in_process(stores, _phone())
+    account_id = tokens.account_id
+    await verify_in_process(stores, account_id, "王五", _id_number())
+    device, _ = await devices.register(
+        stores, account_id, client.public_key_b64(client.generate_device_key())
+    )
+    async with stores.pool.acquire() as conn:
+        await inbox.deliver(conn, account_id, title="通知", body="您的业务已办结", source="health")
+    await rights.request_deletion(zero_grace, account_id)
+    assert await rights.erase_account(zero_grace, account_id)
+    statuses = await stores.pool.fetch("SELECT status FROM onecode_devices WHERE account_id = $1", account_id)
+    assert [row["status"] for row in statuses] == ["revoked"] and device.id
+    assert (
+        await stores.pool.fetchval("SELECT count(*) FROM inbox_messages WHERE account_id = $1", account_id)
+        == 0
+    )
+    [erased] = await stores.pool.fetch(
+        "SELECT detail FROM account_events WHERE account_id = $1 AND kind = 'erased'", account_id
+    )
+    assert msgspec.json.decode(erased["detail"])["messages"] >= 1
