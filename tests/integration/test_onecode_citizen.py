@@ -10,7 +10,7 @@ import base64
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -35,32 +35,19 @@ from onecode import authorisations, codec, devices, ledger, providers, validator
 from onecode.client import OneCodeClient, generate_device_key, public_key_b64
 from onecode.validator import Bundle
 from tests.integration.test_health_pass_support import Citizen, l1_citizen, l2_citizen
+from tests.integration.test_onecode_terminal_support import (  # noqa: F401 (fixtures)
+    card_number,
+    provider_settings,
+    sandbox,
+)
 from tests.support.accounts import login_in_process
-from tests.support.sandbox import Sandbox, running_sandbox
 
 ApiClient = AsyncTestClient  # type: ignore[type-arg]
-ONECODE = ["transit", "medical", "acquirer"]
-
-
-def card_number() -> str:
-    body = "6222" + "".join(secrets.choice("0123456789") for _ in range(11))
-    return body + luhn.calc_check_digit(body)
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    with running_sandbox(tmp_path_factory.mktemp("onecode"), only=ONECODE) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def wired_settings(settings: Settings, sandbox: Sandbox) -> Settings:
-    return msgspec.structs.replace(
-        settings,
-        transit_operator_url=sandbox.urls["transit"],
-        medical_insurance_url=sandbox.urls["medical"],
-        payment_acquirer_url=sandbox.urls["acquirer"],
-    )
+def wired_settings(provider_settings: Settings) -> Settings:  # noqa: F811
+    return provider_settings
 
 
 @pytest.fixture(scope="module")
