@@ -7,12 +7,15 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from litestar import Litestar, Request, Response, Router, get, post
+from litestar import HttpMethod, Litestar, MediaType, Request, Response, Router, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response.base import ASGIResponse
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api.deps import StoresDep
-from api.guards import checkpoint, checkpoint_of, citizen, citizen_level, claims_of, staff
+from api.guards import GuardedInPlace, checkpoint, checkpoint_of, citizen, citizen_level, claims_of, staff
+from core.stores import Stores
 from health_code import appeals, scans, venues
 from health_code.appeals import Appeal, AppealInput, AppealStatus, Decision
 from health_code.scans import ScanAnswer, ScanRequest
@@ -34,18 +37,24 @@ IMAGE_TYPES = {"svg": "image/svg+xml", "png": "image/png"}
 # --- checkpoints ---------------------------------------------------------------------------------------
 
 
-@post(
+@GuardedInPlace(
     "/checkpoints/scans",
+    http_method=HttpMethod.POST,
     guards=[checkpoint],
     status_code=HTTP_200_OK,
     request_max_body_size=scans.MAX_BODY_BYTES,
     summary="Verify a scanned pass and record the scan",
+    responses={200: ResponseSpec(ScanAnswer, description="the verdict")},
 )
-async def scan(request: Request[Any, Any, Any], data: JSONBody[ScanRequest], stores: StoresDep) -> ScanAnswer:
+async def scan(request: Request[Any, Any, Any], data: JSONBody[ScanRequest]) -> ASGIResponse:
     """Every verdict is a 200 answer (`valid` false with the `reason`: bad_prefix, too_large, ...,
     revoked, expired); the scan is recorded before the answer is sent. 401 without valid checkpoint
     credentials, 413 for a body over 16 KiB, 503 when the scan could not be recorded."""
-    return await scans.scan(stores, checkpoint_of(request), data)
+    # The hot path: the stores straight from the app state (as the guards take them), not through
+    # dependency injection, and the answer encoded here and sent as it is (no Response to render).
+    stores: Stores = request.app.state.stores
+    answer = await scans.scan(stores, checkpoint_of(request), data)
+    return ASGIResponse(body=scans.encode_answer(answer), media_type=MediaType.JSON)
 
 
 # --- venues ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from litestar.handlers.base import BaseRouteHandler
 from auth.tokens import AccessClaims, authenticate
 from core.errors import Forbidden, Unauthorized
 from core.stores import Stores
+from health_code.checkpoints import authenticate as authenticate_checkpoint
 
 CLAIMS = "claims"
 
@@ -74,8 +75,6 @@ CHECKPOINT = "checkpoint"
 async def checkpoint(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
     """A checkpoint's credentials (Bearer cp_<id>.<secret>, or Basic id:secret), checked against a short
     per-process cache; the checkpoint is put on the connection for the handler."""
-    from health_code.checkpoints import authenticate as authenticate_checkpoint
-
     stores: Stores = connection.app.state.stores
     principal = await authenticate_checkpoint(stores, connection.headers.get("authorization"))
     connection.scope["state"][CHECKPOINT] = principal

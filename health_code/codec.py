@@ -16,7 +16,7 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 TONGBAN_PREFIX: Final = "TB1:"  # our passes, format version 1
 EU_PREFIX: Final = "HC1:"  # EU Digital COVID Certificate (HCERT)
@@ -101,8 +101,9 @@ def b45encode(data: bytes) -> str:
     return "".join(chars)
 
 
-# The lane masks (0x0000FF repeated) by triple count; passes come in a few lengths.
-_low_byte_masks: dict[int, int] = {}
+# The lane masks by triple count (passes come in a few lengths): each lane's low byte (0x0000FF repeated),
+# and its bit 16 (0x010000 repeated).
+_lane_masks: dict[int, tuple[int, int]] = {}
 _MASK_CACHE_SIZE: Final = 256
 
 
@@ -122,15 +123,20 @@ def b45decode(text: str) -> bytes:
     if full:
         # All triples at once with big-integer arithmetic (C loops, not a Python loop per triple): read as
         # one integer, each triple (c, d, e) is a 24-bit lane c<<16 | d<<8 | e. Masks pull c, d and e into
-        # lanes of their own; c + 45d + 2025e <= 91124 < 2**24, so no lane carries into the next.
+        # lanes of their own; c + 45d + 2025e <= 91124 < 2**17, so no lane carries into the next, and a
+        # triple above 65535 is one whose lane has bit 16 set.
         lanes = int.from_bytes(digits[: 3 * full], "big")
-        low_bytes = _low_byte_masks.get(full)
-        if low_bytes is None:
-            low_bytes = int.from_bytes(b"\x00\x00\xff" * full, "big")
-            if len(_low_byte_masks) < _MASK_CACHE_SIZE:
-                _low_byte_masks[full] = low_bytes
+        masks = _lane_masks.get(full)
+        if masks is None:
+            masks = (
+                int.from_bytes(b"\x00\x00\xff" * full, "big"),
+                int.from_bytes(b"\x01\x00\x00" * full, "big"),
+            )
+            if len(_lane_masks) < _MASK_CACHE_SIZE:
+                _lane_masks[full] = masks
+        low_bytes, bit16 = masks
         value = ((lanes >> 16) & low_bytes) + 45 * ((lanes >> 8) & low_bytes) + 2025 * (lanes & low_bytes)
-        if (value >> 16) & low_bytes:
+        if value & bit16:
             raise Base45Error("Base45: a triple decodes above 65535")
         packed = value.to_bytes(3 * full, "big")
         out[0::2] = packed[1::3]
@@ -229,14 +235,51 @@ def es256_sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
 _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
 
 
+def _der_integer_signature(signature: bytes) -> bytes:
+    """r || s -> DER for any r and s: each half loses its leading zero bytes and gains one where its first
+    bit is set (DER integers are signed); 0 is one zero byte."""
+    r = signature[:_COORD].lstrip(b"\x00")
+    s = signature[_COORD:].lstrip(b"\x00")
+    if not r or r[0] & 0x80:
+        r = b"\x00" + r
+    if not s or s[0] & 0x80:
+        s = b"\x00" + s
+    return b"\x30" + bytes((len(r) + len(s) + 4, 0x02, len(r))) + r + bytes((0x02, len(s))) + s
+
+
+# DER SEQUENCE {INTEGER r, INTEGER s} around two halves without leading zero bytes, by whether r's and s's
+# first bit is set (then the INTEGER takes a leading zero byte): the head up to r's bytes, and s's head.
+_DER_HEADS: Final = tuple(
+    bytes((0x30, 0x44 + high_r + high_s, 0x02, 0x20 + high_r)) + b"\x00" * high_r
+    for high_r in (0, 1)
+    for high_s in (0, 1)
+)
+_DER_S_HEADS: Final = (b"\x02\x20", b"\x02\x21\x00")
+
+
+def _der_signature(signature: bytes) -> bytes:
+    """r || s (32 bytes each) -> DER SEQUENCE {INTEGER r, INTEGER s}, the bytes encode_dss_signature gives,
+    without the round trip through Python ints. Nearly every signature has no leading zero byte in either
+    half: its DER is then one of four heads and the halves as they are."""
+    first_r, first_s = signature[0], signature[_COORD]
+    if first_r and first_s:
+        high_s = first_s >> 7
+        return b"".join(
+            (
+                _DER_HEADS[(first_r >> 7) * 2 + high_s],
+                signature[:_COORD],
+                _DER_S_HEADS[high_s],
+                signature[_COORD:],
+            )
+        )
+    return _der_integer_signature(signature)
+
+
 def es256_verify(public_key: ec.EllipticCurvePublicKey, data: bytes, signature: bytes) -> bool:
     if len(signature) != ES256_SIGNATURE_BYTES:
         return False
-    der = encode_dss_signature(
-        int.from_bytes(signature[:_COORD], "big"), int.from_bytes(signature[_COORD:], "big")
-    )
     try:
-        public_key.verify(der, data, _ECDSA_SHA256)
+        public_key.verify(_der_signature(signature), data, _ECDSA_SHA256)
     except (InvalidSignature, ValueError):
         return False
     return True
@@ -390,6 +433,73 @@ def cose_sign1_decode(data: bytes, *, require_tag: bool = True) -> CoseSign1:
     if kid is None:
         raise CoseError("COSE: no kid")
     return CoseSign1(protected, alg, kid, payload, signature)
+
+
+# A COSE_Sign1 as a verifier needs it: (kid, Sig_structure, payload, signature). A plain tuple: made once per
+# verify, on the hot path.
+SignedCose = tuple[bytes, bytes, bytes, bytes]
+
+
+def _common_layout(data: bytes, require_tag: bool) -> SignedCose | None:
+    """The layout every issuer writes: [tag 18] array(4) [a short protected header bstr, an empty
+    unprotected map, a payload bstr of 24 to 65535 bytes, a 64-byte signature bstr ending the data], heads in
+    shortest form. Its Sig_structure is cut from the bytes as they are (the heads are the ones sig_structure
+    writes) rather than encoded again. None for anything else (cose_sign1_signed takes the general path)."""
+    try:
+        if data[0] == 0xD2 and data[1] == 0x84:
+            pos = 2
+        elif data[0] == 0x84 and not require_tag:
+            pos = 1
+        else:
+            return None
+        head = data[pos]
+        if not 0x41 <= head <= 0x57:
+            return None
+        protected_end = pos + head - 0x3F
+        if data[protected_end] != 0xA0:
+            return None
+        length_head = data[protected_end + 1]
+        if length_head == 0x58:  # 1-byte length: 24 to 255 bytes
+            payload_start = protected_end + 3
+            length = data[protected_end + 2]
+            shortest = length >= 24
+        elif length_head == 0x59:  # 2-byte length: 256 to 65535 bytes
+            payload_start = protected_end + 4
+            length = data[protected_end + 2] << 8 | data[protected_end + 3]
+            shortest = length >= 0x100
+        else:
+            return None
+        payload_end = payload_start + length
+        if (
+            not shortest
+            or payload_end + 2 + ES256_SIGNATURE_BYTES != len(data)
+            or data[payload_end] != 0x58
+            or data[payload_end + 1] != ES256_SIGNATURE_BYTES
+        ):
+            return None
+    except IndexError:
+        return None
+    protected = data[pos + 1 : protected_end]
+    parsed = _protected_cache.get(protected)
+    alg, kid = parsed if parsed is not None else _parse_protected(protected)
+    if alg != ALG_ES256 or kid is None:
+        return None  # the general path names the error
+    return (
+        kid,
+        _SIG_STRUCTURE_HEAD + data[pos:protected_end] + b"\x40" + data[protected_end + 1 : payload_end],
+        data[payload_start:payload_end],
+        data[payload_end + 2 :],
+    )
+
+
+def cose_sign1_signed(data: bytes, *, require_tag: bool = True) -> SignedCose:
+    """cose_sign1_decode for a verifier: the same checks and errors, giving (kid, Sig_structure, payload,
+    signature). Passes in the common layout take a shorter path to the same result."""
+    common = _common_layout(data, require_tag)
+    if common is not None:
+        return common
+    cose = cose_sign1_decode(data, require_tag=require_tag)
+    return cose.kid, cose.to_be_signed(), cose.payload, cose.signature
 
 
 def claims_loads(payload: bytes) -> Any:

@@ -223,12 +223,17 @@ def _eu_name(hcert: dict[str, Any] | None) -> str | None:
     return mask_name(" ".join(parts)) if parts else None
 
 
-def answer_of(verdict: Verdict, scanned_at: datetime) -> ScanAnswer:
-    """What the checkpoint sees. A health pass carries masked data already; it is masked again here so that
-    no issuer's mistake can put a full name or ID number on a checkpoint screen."""
+# What a checkpoint sees of an authentic pass: (pass_type, colour, name, number), masked.
+Shown = tuple[str | None, str | None, str | None, str | None]
+NOTHING_SHOWN: Final[Shown] = (None, None, None, None)
+
+
+def shown_of(verdict: Verdict) -> Shown:
+    """A health pass carries masked data already; it is masked again here so that no issuer's mistake can
+    put a full name or ID number on a checkpoint screen."""
     claims = verdict.claims
     if claims is None:
-        return ScanAnswer(valid=verdict.valid, reason=verdict.reason, scanned_at=scanned_at)
+        return NOTHING_SHOWN
     if claims.format == "eu_dcc":
         name, number = _eu_name(claims.hcert), None
     elif claims.pass_type == HEALTH:
@@ -236,15 +241,29 @@ def answer_of(verdict: Verdict, scanned_at: datetime) -> ScanAnswer:
         number = mask_id_number(claims.number) if claims.number else None
     else:  # a venue code: the venue's own name and number
         name, number = claims.name, claims.number
+    return claims.pass_type, claims.colour, name, number
+
+
+def answer_of(verdict: Verdict, scanned_at: datetime, shown: Shown | None = None) -> ScanAnswer:
+    """What the checkpoint sees (`shown`: shown_of(verdict), when already made)."""
+    pass_type, colour, name, number = shown_of(verdict) if shown is None else shown
     return ScanAnswer(
         valid=verdict.valid,
         reason=verdict.reason,
-        pass_type=claims.pass_type,
-        colour=claims.colour,
+        pass_type=pass_type,
+        colour=colour,
         name=name,
         number=number,
         scanned_at=scanned_at,
     )
+
+
+_ANSWER_ENCODER: Final = msgspec.json.Encoder()
+
+
+def encode_answer(answer: ScanAnswer) -> bytes:
+    """The answer as the JSON body of POST /v1/checkpoints/scans."""
+    return _ANSWER_ENCODER.encode(answer)
 
 
 def _scan_time(requested: datetime | None, now: datetime) -> datetime:
@@ -267,7 +286,8 @@ class VerdictCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: dict[str, tuple[object, object, Verdict]] = {}
+        # payload -> (trust store, venue trust store, verdict, what a checkpoint is shown of it)
+        self._entries: dict[str, tuple[object, object, Verdict, Shown]] = {}
         self.hits = 0
 
     @staticmethod
@@ -285,13 +305,16 @@ class VerdictCache:
             reason = "ok"
         return base if reason == base.reason else Verdict(valid=reason == "ok", reason=reason, claims=claims)
 
-    async def verify(self, stores: Stores, payload: str, now: datetime) -> Verdict:
-        trust, venue_trust = await TRUST.current(stores), VENUE_TRUST.store
+    async def verify(self, stores: Stores, payload: str, now: datetime) -> tuple[Verdict, Shown]:
+        """The verdict on `payload` at `now`, and what a checkpoint is shown of the pass (shown_of)."""
+        trust = TRUST.store if TRUST.loaded else await TRUST.current(stores)
+        venue_trust = VENUE_TRUST.store
         entry = self._entries.get(payload)
         if entry is not None and entry[0] is trust and entry[1] is venue_trust:
             self.hits += 1
-            return self._at(entry[2], now)
+            return self._at(entry[2], now), entry[3]
         verdict = await verify_online(stores, payload, now)
+        shown = shown_of(verdict)
         # Kept only when both stores are still the ones it was made with, and never for an unknown kid
         # (the next scan may find its signer) or a verifier bug.
         if (
@@ -301,8 +324,8 @@ class VerdictCache:
         ):
             if len(self._entries) >= self.size:
                 self._entries.clear()
-            self._entries[payload] = (trust, venue_trust, verdict)
-        return verdict
+            self._entries[payload] = (trust, venue_trust, verdict, shown)
+        return verdict, shown
 
 
 # One per process: at most this many passes (about 1 KiB each).
@@ -313,7 +336,7 @@ async def scan(stores: Stores, checkpoint: CheckpointPrincipal, request: ScanReq
     """Verify a scanned pass, record the scan (durably: see ScanWriter) and answer the verdict. Every
     verify() outcome is an answer; only a store outage (503) or a bad scanned_at (422) is an error."""
     at = _scan_time(request.scanned_at, clock.now())
-    verdict = await VERDICTS.verify(stores, request.payload, at)
+    verdict, shown = await VERDICTS.verify(stores, request.payload, at)
     claims = verdict.claims
     await state_for(stores).writer.record(
         (
@@ -326,7 +349,7 @@ async def scan(stores: Stores, checkpoint: CheckpointPrincipal, request: ScanReq
             at,
         )
     )
-    return answer_of(verdict, at)
+    return answer_of(verdict, at, shown)
 
 
 class ScanRecord(msgspec.Struct, kw_only=True):

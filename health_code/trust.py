@@ -37,7 +37,6 @@ from health_code.certs import (
 from health_code.codec import es256_sign, es256_verify
 
 TRUST_LIST_FORMAT: Final = "tongban-trust-list/1"
-_RID_PREFIX: Final = b"tongban-rid/1\x00"
 _RID_RE: Final = re.compile(r"[0-9a-f]{32}")
 _REVOCATION_RE: Final = re.compile(r"([0-9a-f]{32})(?:\.(0|[1-9][0-9]{0,11}))?")
 _REGION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
@@ -52,8 +51,8 @@ def revocation_id(iss: str | None, subject: str) -> str:
     """A subject's revocation id: the first 16 bytes of SHA-256("tongban-rid/1" NUL iss NUL subject) as 32
     lowercase hex digits. `iss` is claim 1 ("" when absent); `subject` is claim 2 (sub) for our passes and
     the certificate identifier `ci` (UVCI) for EU passes. Issuers compute it the same way to revoke."""
-    digest = hashlib.sha256(_RID_PREFIX + (iss or "").encode() + b"\x00" + subject.encode()).digest()
-    return digest[:16].hex()
+    # One string, encoded once: this runs for every pass verified.
+    return hashlib.sha256(f"tongban-rid/1\x00{iss or ''}\x00{subject}".encode()).hexdigest()[:32]
 
 
 def parse_revocation(entry: str) -> tuple[str, int | None]:

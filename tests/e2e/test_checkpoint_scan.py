@@ -11,13 +11,10 @@ And durability: scans answered by a server that is then killed with SIGKILL are 
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -27,11 +24,11 @@ from core.stores import Stores
 from health_code import checkpoints, passes
 from tests.integration.test_miniapps_support import make_person
 from tests.support.auth import bearer
+from tests.support.health_pass import eventually, new_checkpoint
 from tests.support.server import running_server, tongban_env
 from tests.support.stack import Stack, running_stack, verified_citizen
 
 pytestmark = pytest.mark.e2e
-TOKEN = re.compile(r"Bearer (cp_[0-9a-f-]{36}\.[A-Za-z0-9_-]{43})")
 
 
 @pytest.fixture(scope="module")
@@ -42,29 +39,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-def eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 def test_from_checkpoint_to_appeal(stack: Stack, tmp_path: Path) -> None:
     api = stack.url
     # Ops: a health-authority officer, and a checkpoint whose credentials are printed once.
     officer_id, _, officer = verified_citizen(stack, "officer-phone", "136")
     granted = stack.cli("staff", "grant", officer_id, "health_authority")
     assert granted.returncode == 0, granted.stdout + granted.stderr
-    created = stack.cli("checkpoints", "create", "沈阳北站 3号闸机")
-    assert created.returncode == 0, created.stdout + created.stderr
-    token = TOKEN.search(created.stdout)
-    assert token is not None, created.stdout
-    checkpoint = {"Authorization": f"Bearer {token.group(1)}"}
+    token = new_checkpoint(stack, "沈阳北站 3号闸机")
+    checkpoint = {"Authorization": f"Bearer {token}"}
     listed = stack.cli("checkpoints", "list")
-    assert "沈阳北站 3号闸机" in listed.stdout and token.group(1).split(".")[1] not in listed.stdout
+    assert "沈阳北站 3号闸机" in listed.stdout and token.split(".")[1] not in listed.stdout
 
     # 1. A citizen shows their pass; the checkpoint scans it online.
     _, _, citizen = verified_citizen(stack, "citizen-phone", "136")
@@ -166,7 +150,7 @@ def test_from_checkpoint_to_appeal(stack: Stack, tmp_path: Path) -> None:
     assert [a["status"] for a in mine] == ["approved"]
     # Neither a checkpoint's secret nor a pass reaches any log.
     logs = stack.logs()
-    assert token.group(1).split(".")[1] not in logs and green_pass[4:60] not in logs
+    assert token.split(".")[1] not in logs and green_pass[4:60] not in logs
 
 
 async def test_scans_answered_survive_a_sigkill(tmp_path: Path, stores: Stores) -> None:
