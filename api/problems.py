@@ -143,6 +143,19 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     )
 
 
+def handle_bad_utf8(request: Request[Any, Any, Any], _exc: UnicodeDecodeError) -> Response[bytes]:
+    """msgspec raises UnicodeDecodeError (not a DecodeError) for a JSON string holding bytes that are not
+    UTF-8: the client's body is at fault, not us."""
+    return problem_response(
+        request,
+        status=400,
+        code="malformed_request",
+        title="Malformed request",
+        detail="body: not valid UTF-8",
+        field="body",
+    )
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     settings = get_settings()
     if isinstance(exc, db.OUTAGE_ERRORS + redis_mod.OUTAGE_ERRORS):
@@ -162,5 +175,6 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     TongbanError: handle_tongban_error,
     ValidationException: handle_validation,
     HTTPException: handle_http,
+    UnicodeDecodeError: handle_bad_utf8,
     Exception: handle_unexpected,
 }

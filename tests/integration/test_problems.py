@@ -86,6 +86,7 @@ async def test_wrong_method_is_a_405_problem(test_client: AsyncTestClient[Litest
     [
         (b'{"phone": "1"', "body"),
         (b"\xff\xfe", "body"),
+        (b'{"phone": "\xff"}', "body"),  # a string that is not UTF-8 (msgspec: UnicodeDecodeError)
         (b"", "body"),
         (b"[]", "body"),
         (b'{"phone": 1}', "phone"),
