@@ -94,6 +94,18 @@ def test_environment(base_database_url: str, base_redis_url: str) -> Iterator[Se
     asyncio.run(_drop_database(base_database_url, name))
 
 
+@pytest.fixture
+def own_database(base_database_url: str, test_environment: Settings) -> Iterator[str]:
+    """A fresh migrated database for one test whose servers must see no other test's rows (a whole-day
+    reconciliation compares everything of that day). Pass it as TONGBAN_DATABASE_URL to the processes."""
+    name = run_database_name(os.environ["TONGBAN_TEST_RUN"], "_own")
+    asyncio.run(_recreate_database(base_database_url, name))
+    database_url = with_database(base_database_url, name)
+    migrate.upgrade(database_url)
+    yield database_url
+    asyncio.run(_drop_database(base_database_url, name))
+
+
 @pytest.fixture(scope="session")
 def settings(test_environment: Settings) -> Settings:
     return test_environment

@@ -62,8 +62,9 @@ def _poll(fetch: Any, done: Any, timeout: float = 30.0) -> Any:
         time.sleep(0.2)
 
 
-def test_link_code_ride_resolve_settle_revoke_reconcile(tmp_path: Path) -> None:
-    with running_stack(tmp_path, PROVIDERS) as stack:
+def test_link_code_ride_resolve_settle_revoke_reconcile(tmp_path: Path, own_database: str) -> None:
+    # A database of its own: the day's reconciliation must see only this story's fares and payments.
+    with running_stack(tmp_path, PROVIDERS, TONGBAN_DATABASE_URL=own_database) as stack:
         _journey(stack, tmp_path)
 
 
