@@ -46,6 +46,9 @@ class RouteResult(msgspec.Struct, frozen=True, kw_only=True):
     p99_ms: float
     errors: int = 0
     target_ratio: float | None = None
+    # hello's req/s measured right before this route (the machine's speed drifts over a run): the ratio's
+    # base when set; None for hello itself and for older results.
+    paired_hello: float | None = None
     ratio: float | None = None
     passed: bool | None = None
 
@@ -72,13 +75,15 @@ def verdict(ratio: float | None, target: float | None, errors: int) -> bool | No
 
 
 def score(routes: list[RouteResult]) -> list[RouteResult]:
-    """Each route's req/s as a fraction of hello's from the same server run, and its verdict."""
+    """Each route's req/s as a fraction of hello's from the same server run (of the hello measured right
+    before it, when there is one), and its verdict."""
     hello = next((route for route in routes if route.name == HELLO), None)
     if hello is None:
         raise ValueError("a bench run needs the hello route: every ratio is taken against it")
-    base = hello.requests_per_sec if hello.errors == 0 else 0.0
+    run_base = hello.requests_per_sec if hello.errors == 0 else 0.0
     scored = []
     for route in routes:
+        base = route.paired_hello if route.paired_hello is not None and run_base > 0 else run_base
         ratio = route.requests_per_sec / base if base > 0 else None
         scored.append(
             msgspec.structs.replace(

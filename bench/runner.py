@@ -21,10 +21,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+import msgspec
 
 from bench import wrk
 from bench.report import BenchReport, LoadParams, Machine, RouteResult, ServerRun, score
-from bench.routes import BenchRoute, SetupContext
+from bench.routes import HELLO, BenchRoute, SetupContext
 from core import migrate
 from core.embedded import ensure_stores
 
@@ -322,14 +323,31 @@ def run(
                 )
                 try:
                     server.wait_ready()
-                    results = []
+                    # hello runs before every route, and each route's ratio is taken against the hello
+                    # right before it: the machine's speed drifts over a run (shared cores), and a ratio
+                    # of two measurements minutes apart measures the drift. The hello row is their median.
+                    results: list[RouteResult] = []
+                    hellos: list[RouteResult] = []
+                    stores = (bench_db, redis)
+                    hello = next(route for route in options.routes if route.name == HELLO)
                     for route in options.routes:
-                        result = measure_route(route, server, options, wrk_bin, (bench_db, redis), raw_dir)
+                        paired = measure_route(hello, server, options, wrk_bin, stores, raw_dir)
+                        hellos.append(paired)
+                        if route is hello:
+                            continue
+                        result = measure_route(route, server, options, wrk_bin, stores, raw_dir)
+                        result = msgspec.structs.replace(result, paired_hello=paired.requests_per_sec)
                         say(
                             f"{server_name} x{workers} {route.name:>12}: {result.requests_per_sec:>10,.0f} req/s"
                             f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+                            f"  (hello before it {paired.requests_per_sec:,.0f})"
                         )
                         results.append(result)
+                    middle = sorted(hellos, key=lambda sample: sample.requests_per_sec)[len(hellos) // 2]
+                    results.insert(0, msgspec.structs.replace(middle, errors=max(h.errors for h in hellos)))
+                    say(
+                        f"{server_name} x{workers} {HELLO:>12}: {middle.requests_per_sec:>10,.0f} req/s (median)"
+                    )
                 finally:
                     server.stop()
                 runs.append(

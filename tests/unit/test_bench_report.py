@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -69,6 +70,13 @@ def test_ratios_are_taken_against_hello_from_the_same_run() -> None:
     assert by_name["hello"].ratio == 1.0 and by_name["hello"].passed is None
     assert by_name["db"].ratio == pytest.approx(0.25) and by_name["db"].passed is True
     assert by_name["redis"].ratio == pytest.approx(0.375) and by_name["redis"].passed is False
+
+
+def test_a_route_is_scored_against_the_hello_measured_right_before_it() -> None:
+    paired = msgspec.structs.replace(row("scan", 1800, target=0.35), paired_hello=5000)
+    scored = report.score([row("hello", 5400), paired, row("db", 1350)])
+    assert [route.ratio for route in scored] == [1.0, 0.36, 0.25]
+    assert scored[1].passed is True  # against the run's hello (5400) it would be 0.33: a fail
 
 
 @given(
