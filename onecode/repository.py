@@ -558,6 +558,28 @@ async def set_terminal_secret(
     )
 
 
+async def terminal_secrets_not_under(conn: Conn, master_key_id: str) -> list[asyncpg.Record]:
+    """The terminals whose secret is wrapped under another master key, locked for a rewrap."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT id, secret_enc, master_key_id FROM onecode_terminals
+           WHERE master_key_id <> $1 ORDER BY id FOR UPDATE""",
+        master_key_id,
+    )
+    return rows
+
+
+async def rewrap_terminal_secret(
+    conn: Conn, terminal_id: UUID, secret_enc: bytes, master_key_id: str
+) -> None:
+    """The same secret under another master key (secret_changed_at stays: the terminal notices nothing)."""
+    await conn.execute(
+        "UPDATE onecode_terminals SET secret_enc = $2, master_key_id = $3 WHERE id = $1",
+        terminal_id,
+        secret_enc,
+        master_key_id,
+    )
+
+
 async def terminal_credentials(conn: Conn, terminal_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """SELECT id, kind, name, owner, org_code, status, secret_enc, master_key_id

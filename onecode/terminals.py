@@ -16,6 +16,7 @@ import msgspec
 
 from core import ids
 from core.errors import InvalidInput, NotFound
+from core.masterkey import master_keyring
 from core.settings import Settings
 from onecode import repository
 from onecode.terminal_auth import (
@@ -23,6 +24,7 @@ from onecode.terminal_auth import (
     TERMINALS,
     TerminalKind,
     new_secret,
+    open_secret,
     seal_secret,
     secret_text,
 )
@@ -119,3 +121,15 @@ async def reset_secret(
         raise NotFound("no such terminal", field="terminal_id")
     TERMINALS.forget(terminal_id)
     return TerminalCredentials(terminal=Terminal(**dict(row)), secret=secret_text(secret))
+
+
+async def rewrap_secrets(conn: asyncpg.Connection, settings: Settings) -> int:
+    """Re-wrap every terminal secret under the current master key (after a master-key rotation, with the
+    old key still in the keyring), in the caller's transaction: all or nothing. Returns how many moved."""
+    current_id = master_keyring(settings).current_id
+    rows = await repository.terminal_secrets_not_under(conn, current_id)
+    for row in rows:
+        secret = open_secret(settings, row["id"], row["secret_enc"], row["master_key_id"])
+        blob, key_id = seal_secret(settings, row["id"], secret)
+        await repository.rewrap_terminal_secret(conn, row["id"], blob, key_id)
+    return len(rows)

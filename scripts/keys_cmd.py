@@ -1,4 +1,4 @@
-"""`tongban keys`: list, rotate and rewrap the signing keys."""
+"""`tongban keys`: list, rotate and rewrap the signing keys (and the one-code terminal secrets)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from core import clock, keys
+from core.db import transaction
 from core.errors import TongbanError
 from core.pii.vault import PiiKeyInfo, RewrapResult, rotate_data_key
 from core.pii.vault import rewrap as rewrap_pii
 from core.stores import Stores
+from onecode import terminals
 from scripts.common import console, fail, with_stores
 
 app = typer.Typer(help="Signing keys: list, rotate, rewrap under a new master key.", no_args_is_help=True)
@@ -115,3 +117,9 @@ def rewrap_command() -> None:
     console.print(
         f"rewrapped {result.rewrapped} of {result.total} signing keys under master key {result.master_key_id}"
     )
+
+    async def terminal_secrets(stores: Stores) -> int:
+        async with transaction(stores.pool, stores.settings) as conn:
+            return await terminals.rewrap_secrets(conn, stores.settings)
+
+    console.print(f"rewrapped {_run(terminal_secrets)} one-code terminal secret(s)")

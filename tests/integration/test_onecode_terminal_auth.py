@@ -309,3 +309,37 @@ def test_the_cli_adds_lists_disables_and_resets(stores: Stores) -> None:
 
 def teardown_module() -> None:
     TERMINALS.forget()
+
+
+async def test_rewrap_moves_terminal_secrets_to_the_new_master_key(stores: Stores, own_database: str) -> None:
+    from core.masterkey import key_id, master_keyring, new_key_text
+    from core.stores import close_stores, open_stores
+
+    old, new = new_key_text(), new_key_text()
+    before = msgspec.structs.replace(
+        stores.settings, database_url=own_database, master_key=old, master_key_file=None
+    )
+    after = msgspec.structs.replace(before, master_key=f"{new},{old}")
+    only_new = msgspec.structs.replace(before, master_key=new)
+    opened = await open_stores(before)
+    try:
+        async with db.connection(opened.pool, before) as conn:
+            made = await terminals.register(
+                conn, before, kind="validator", name="5路 3号车", owner="大连公交"
+            )
+            async with conn.transaction():
+                assert await terminals.rewrap_secrets(conn, after) == 1
+                assert await terminals.rewrap_secrets(conn, after) == 0  # nothing left under the old key
+            row = await conn.fetchrow(
+                "SELECT secret_enc, master_key_id FROM onecode_terminals WHERE id = $1", made.terminal.id
+            )
+    finally:
+        await close_stores(opened)
+    assert (
+        row["master_key_id"]
+        == master_keyring(only_new).current_id
+        == key_id(master_keyring(only_new).current)
+    )
+    # The old key can go: the same secret opens under the new key alone.
+    secret = open_secret(only_new, made.terminal.id, row["secret_enc"], row["master_key_id"])
+    assert terminal_auth.secret_text(secret) == made.secret
