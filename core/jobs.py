@@ -549,6 +549,14 @@ class _Worker(Worker):
                 raise
 
     async def close(self) -> None:
+        # A job the stop signal cancelled ends in CancelledError, and arq's close gathers the tasks without
+        # return_exceptions, so it would raise that out of the worker. Wait for them here and drop the
+        # cancelled ones: arq runs an interrupted job again (its in-progress key expires).
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        for job_id, task in list(self.tasks.items()):
+            if task.cancelled():
+                log.warning("worker.job_interrupted", job_id=job_id)
+                del self.tasks[job_id]
         try:
             await super().close()
         except redis_mod.OUTAGE_ERRORS as exc:
@@ -624,6 +632,8 @@ class Ping(msgspec.Struct, frozen=True, kw_only=True):
 
     key: Annotated[str, msgspec.Meta(pattern=r"^ping\.[A-Za-z0-9_.:-]{1,100}$")]
     value: Any = None
+    # Seconds the job stays running after writing: a long job, to check a worker stops cleanly mid-job.
+    hold_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.0
 
 
 @job("core.ping")
@@ -635,3 +645,5 @@ async def ping(stores: Stores, payload: Ping) -> None:
             payload.key,
             msgspec.json.encode(payload.value).decode(),
         )
+    if payload.hold_seconds:
+        await asyncio.sleep(payload.hold_seconds)

@@ -29,9 +29,9 @@ async def clean(stores: Stores) -> None:
     await stores.redis.flushdb()
 
 
-async def ping(stores: Stores, key: str, value: object) -> None:
+async def ping(stores: Stores, key: str, value: object, hold_seconds: float = 0.0) -> None:
     async with db.transaction(stores.pool, stores.settings) as conn:
-        await enqueue_in_tx(conn, "core.ping", Ping(key=key, value=value))
+        await enqueue_in_tx(conn, "core.ping", Ping(key=key, value=value, hold_seconds=hold_seconds))
 
 
 async def meta(stores: Stores, key: str, timeout: float) -> object:
@@ -65,6 +65,17 @@ async def worker(tmp_path: Path, stores: Stores) -> AsyncIterator[Process]:
         yield process
     finally:
         process.stop()
+
+
+async def test_sigterm_in_the_middle_of_a_job_stops_cleanly(worker: Process, stores: Stores) -> None:
+    # The job writes, then holds for 30 s: SIGTERM arrives while it runs (arq cancels it and runs it again
+    # later); the worker must still exit 0 without a traceback.
+    await ping(stores, "ping.long", "running", hold_seconds=30)
+    assert await meta(stores, "ping.long", timeout=10) == "running", worker.log()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=20) == 0, worker.log()
+    log = worker.log()
+    assert "worker.stopped" in log and "Traceback" not in log
 
 
 async def test_worker_runs_outbox_jobs_and_stops_cleanly_on_sigterm(worker: Process, stores: Stores) -> None:
